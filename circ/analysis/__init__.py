@@ -1,0 +1,1 @@
+"""Analyses over the IR: the networkx view, statistics, and dependency groups."""

@@ -1,0 +1,1 @@
+"""Command-line tools: circ-opt and circ-run."""
