@@ -24,6 +24,7 @@ reason)`` (the reason reaches the report) and the graph is left valid.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, ClassVar, Optional
 
 import attrs
@@ -104,6 +105,25 @@ class PassContext:
     def cached(self) -> list:
         return [fn for _, fn in self._analyses]
 
+    # The analyses circ ships, by name (imported lazily: analysis modules import the IR).
+    def stats(self, graph: Graph):
+        """Parameter, non-zero, storage and MAC counts (:mod:`circ.analysis.stats`)."""
+        from circ.analysis.stats import graph_stats
+
+        return self.analysis(graph_stats, graph)
+
+    def shapes(self, graph: Graph):
+        """Fresh dtypes and shapes of every value (:mod:`circ.analysis.shapes`)."""
+        from circ.analysis.shapes import value_types
+
+        return self.analysis(value_types, graph)
+
+    def groups(self, graph: Graph):
+        """Dependency groups of weighted nodes (:mod:`circ.analysis.groups`)."""
+        from circ.analysis.groups import dependency_groups
+
+        return self.analysis(dependency_groups, graph)
+
 
 def analysis(*depends_on: str):
     """Mark a function ``graph -> result`` as an analysis depending on these categories."""
@@ -128,6 +148,8 @@ class Pass:
     def to_text(self) -> str:
         options = []
         for field in attrs.fields(type(self)):
+            if not field.init:  # internal state, not an option
+                continue
             value = getattr(self, field.name)
             if field.default is not attrs.NOTHING and _same(value, field.default):
                 continue
@@ -140,13 +162,26 @@ def _same(a, b) -> bool:
 
 
 def format_option(value) -> str:
+    """Pipeline-text form of an option value (parsed back by :mod:`circ.pipeline`)."""
+    if value is None:
+        return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, tuple) and len(value) == 2:
-        return f"{value[0]}:{value[1]}"
+    if isinstance(value, tuple):
+        return ":".join(format_option(v) for v in value)
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, str) and (not _BARE_WORD.fullmatch(value) or _LITERAL.fullmatch(value)):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
     return str(value)
+
+
+# Strings printed without quotes; anything else (commas, parentheses, spaces, quotes, the
+# empty string) and words that read as another kind of value (numbers, true, none) are
+# quoted, so the text parses back to the same value whatever the option's type.
+_BARE_WORD = re.compile(r"[A-Za-z0-9_.\-+*/\[\]:]+")
+_LITERAL = re.compile(r"(?i)true|false|none|[-+]?(inf|nan|[0-9.][0-9.e+\-:]*)")
 
 
 _REGISTRY: dict[str, type] = {}
