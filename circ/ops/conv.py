@@ -1,0 +1,442 @@
+"""Convolutions: Conv and ConvTranspose over 1-D, 2-D and 3-D (any N-D) inputs.
+
+Also home of the sliding-window geometry (pads, auto_pad, strides, dilations, ceil_mode) that
+the pooling ops share, so Conv and MaxPool agree on every output size.
+
+Kernels, fastest case first (all in the input's dtype, float32 stays float32):
+
+- 1x1 convs: a strided slice and one matmul, no im2col.
+- Depthwise convs (one input channel per group): a sum over kernel taps of shifted slices times
+  per-channel weights, so memory stays at the size of the output.
+- Everything else: im2col as a strided view (``as_strided``), copied once into a
+  ``(batch, groups, channels*taps, pixels)`` matrix and multiplied by the weights in one
+  batched matmul, so BLAS does the work.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Optional
+
+import attrs
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from circ.ops.registry import ShapeError, TensorType, kernel, shape_rule
+
+_AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+# ------------------------------------------------------------------ window geometry
+
+
+@attrs.frozen
+class Window:
+    """Where a sliding window goes along each spatial axis. Pads and output dims are None
+    along an axis whose input size is not known before running."""
+
+    kernel: tuple
+    strides: tuple
+    dilations: tuple
+    pads_begin: tuple
+    pads_end: tuple
+    out_dims: tuple
+
+    @property
+    def effective_kernel(self) -> tuple:
+        return tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations))
+
+
+def auto_pad_of(node) -> str:
+    """The node's ``auto_pad`` attribute as text (ONNX files store it as bytes)."""
+    value = node.attrs.get("auto_pad", "NOTSET")
+    if isinstance(value, bytes):
+        value = value.decode()
+    value = value or "NOTSET"
+    if value not in _AUTO_PADS:
+        raise ShapeError(f"auto_pad {value!r} is not one of {', '.join(_AUTO_PADS)}")
+    return value
+
+
+def int_list(node, name: str, rank: int, default: int) -> tuple:
+    """An ints attribute with one entry per spatial axis (``default`` when absent)."""
+    value = node.attrs.get(name)
+    if value is None or len(value) == 0:
+        return (default,) * rank
+    value = tuple(int(v) for v in value)
+    if len(value) != rank:
+        raise ShapeError(f"{name} {list(value)} needs {rank} entries, one per spatial axis")
+    return value
+
+
+def window(node, in_dims, kernel_dims, *, ceil_mode: bool = False) -> Window:
+    """Pads and output dims of a sliding window over ``in_dims`` (ints, symbolic or None).
+
+    Follows the ONNX formulas: explicit pads with floor (or ceil) division; SAME_UPPER and
+    SAME_LOWER give ``ceil(size / stride)`` outputs with the odd pad at the end (UPPER) or
+    the beginning (LOWER); VALID pads nothing. With ``ceil_mode`` a last window that would
+    start in the end padding is dropped, as onnxruntime and PyTorch do.
+    """
+    rank = len(kernel_dims)
+    kernel_dims = tuple(int(k) for k in kernel_dims)
+    strides = int_list(node, "strides", rank, 1)
+    dilations = int_list(node, "dilations", rank, 1)
+    if min(strides + dilations + kernel_dims, default=1) < 1:
+        raise ShapeError(f"kernel {list(kernel_dims)}, strides {list(strides)} and dilations "
+                         f"{list(dilations)} must be positive")
+    auto_pad = auto_pad_of(node)
+    pads = node.attrs.get("pads")
+    if auto_pad == "NOTSET" and pads:
+        if len(pads) != 2 * rank:
+            raise ShapeError(f"pads {list(pads)} needs {2 * rank} entries")
+        pads = [int(p) for p in pads]
+    else:
+        pads = [0] * (2 * rank)
+    begins, ends, outs = [], [], []
+    for axis in range(rank):
+        size, stride = in_dims[axis], strides[axis]
+        extent = (kernel_dims[axis] - 1) * dilations[axis] + 1
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            if not isinstance(size, (int, np.integer)):
+                # stride 1 keeps the size even when it is only known by name
+                begins.append(None), ends.append(None)
+                outs.append(size if stride == 1 and isinstance(size, str) else None)
+                continue
+            out = -(-int(size) // stride)
+            total = max((out - 1) * stride + extent - int(size), 0)
+            small, large = total // 2, total - total // 2
+            begin, end = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+        else:
+            begin, end = pads[axis], pads[axis + rank]
+            if not isinstance(size, (int, np.integer)):
+                begins.append(begin), ends.append(end)
+                same = extent == 1 and stride == 1 and begin == end == 0 and isinstance(size, str)
+                outs.append(size if same else None)
+                continue
+            span = int(size) + begin + end - extent
+            if span < 0:
+                raise ShapeError(f"window of {extent} does not fit spatial size {size} with pads "
+                                 f"{begin}, {end}")
+            if ceil_mode:
+                out = -(-span // stride) + 1
+                if (out - 1) * stride >= int(size) + begin:
+                    out -= 1
+            else:
+                out = span // stride + 1
+        begins.append(begin), ends.append(end), outs.append(out)
+    return Window(kernel_dims, strides, dilations, tuple(begins), tuple(ends), tuple(outs))
+
+
+def pad_spatial(x: np.ndarray, begins, ends, value=0) -> np.ndarray:
+    """``x`` with its spatial axes (2 and on) padded by ``value``; ``x`` itself when no pad."""
+    if not any(begins) and not any(ends):
+        return x
+    shape = x.shape[:2] + tuple(s + b + e for s, b, e in zip(x.shape[2:], begins, ends))
+    out = np.full(shape, value, dtype=x.dtype)
+    inner = tuple(slice(b, b + s) for b, s in zip(begins, x.shape[2:]))
+    out[(slice(None), slice(None)) + inner] = x
+    return out
+
+
+def fit_windows(x: np.ndarray, win: Window, value=0) -> np.ndarray:
+    """``x`` padded so every window of ``win`` lies inside it (ceil_mode may need more than
+    the pads ask for)."""
+    ends = []
+    for size, begin, end, out, stride, extent in zip(x.shape[2:], win.pads_begin, win.pads_end,
+                                                      win.out_dims, win.strides, win.effective_kernel):
+        needed = (out - 1) * stride + extent
+        ends.append(max(needed - size - begin, end))
+    return pad_spatial(x, win.pads_begin, ends, value)
+
+
+def tap_slices(win: Window, tap: tuple) -> tuple:
+    """Index of the input elements that kernel tap ``tap`` meets across all output positions
+    (for an input padded by :func:`fit_windows`)."""
+    return (slice(None), slice(None)) + tuple(
+        slice(t * d, t * d + (o - 1) * s + 1, s)
+        for t, d, s, o in zip(tap, win.dilations, win.strides, win.out_dims))
+
+
+def windows_view(x: np.ndarray, win: Window) -> np.ndarray:
+    """Read-only view ``(N, C, *kernel, *out)`` of every window of a padded ``x``."""
+    spatial = x.strides[2:]
+    shape = x.shape[:2] + win.kernel + win.out_dims
+    strides = (x.strides[:2] + tuple(st * d for st, d in zip(spatial, win.dilations))
+               + tuple(st * s for st, s in zip(spatial, win.strides)))
+    return as_strided(x, shape, strides, writeable=False)
+
+
+def _kernel_window(node, in_dims, kernel_dims, ceil_mode: bool = False) -> Window:
+    """:func:`window` for kernels, where a bad geometry is a ValueError the interpreter reports."""
+    try:
+        return window(node, in_dims, kernel_dims, ceil_mode=ceil_mode)
+    except ShapeError as err:
+        raise ValueError(str(err)) from None
+
+
+# ------------------------------------------------------------------ Conv
+
+
+def _conv_kernel_dims(node, weight_shape) -> Optional[tuple]:
+    dims = node.attrs.get("kernel_shape")
+    if dims:
+        return tuple(int(k) for k in dims)
+    if weight_shape is None or any(not isinstance(d, (int, np.integer)) for d in weight_shape[2:]):
+        return None
+    return tuple(int(d) for d in weight_shape[2:])
+
+
+@shape_rule("Conv")
+def _conv_shape(node):
+    x, w = node.inputs[0], node.inputs[1]
+    if x.shape is None:
+        return [TensorType(x.dtype, None)]
+    if len(x.shape) < 3:
+        raise ShapeError(f"Conv input must be (N, C, spatial...), got rank {len(x.shape)}")
+    rank = len(x.shape) - 2
+    group = int(node.attrs.get("group", 1))
+    out_channels = None
+    if w.shape is not None:
+        if len(w.shape) != rank + 2:
+            raise ShapeError(f"weight rank {len(w.shape)} does not match input rank {rank + 2}")
+        out_channels = w.shape[0]
+        channels, per_group = x.shape[1], w.shape[1]
+        if isinstance(channels, int) and isinstance(per_group, int) and channels != per_group * group:
+            raise ShapeError(f"input has {channels} channels but weight expects {per_group} per "
+                             f"group x {group} groups")
+    kernel_dims = _conv_kernel_dims(node, w.shape)
+    if kernel_dims is None:
+        return [TensorType(x.dtype, (x.shape[0], out_channels) + (None,) * rank)]
+    if len(kernel_dims) != rank:
+        raise ShapeError(f"kernel_shape {list(kernel_dims)} does not match {rank} spatial axes")
+    win = window(node, x.shape[2:], kernel_dims)
+    return [TensorType(x.dtype, (x.shape[0], out_channels) + win.out_dims)]
+
+
+@kernel("Conv")
+def _conv(node, x, w, bias=None):
+    kernel_dims = tuple(w.shape[2:])
+    win = _kernel_window(node, x.shape[2:], kernel_dims)
+    group = int(node.attrs.get("group", 1))
+    w = w.astype(x.dtype, copy=False)
+    batch, channels = x.shape[:2]
+    out_channels = w.shape[0]
+    if channels != w.shape[1] * group or out_channels % group:
+        raise ValueError(f"input channels {channels}, weight {list(w.shape)} and group {group} "
+                         f"do not fit")
+    depthwise = w.shape[1] == 1 and group > 1
+    if depthwise and len(set(win.strides)) == 1:
+        out = _depthwise_flat(x, w, win, group)
+    elif depthwise:
+        out = _depthwise(fit_windows(x, win), w, win, group)
+    elif all(k == 1 for k in kernel_dims):
+        out = _pointwise(fit_windows(x, win), w, win, group)
+    else:
+        out = _im2col(fit_windows(x, win), w, win, group)
+    if bias is not None:
+        out += bias.astype(out.dtype, copy=False).reshape((-1,) + (1,) * len(kernel_dims))
+    return out
+
+
+def _pointwise(padded, w, win, group):
+    """1x1 kernels: sample the input at the strides, then one (batched) matmul."""
+    batch, channels = padded.shape[:2]
+    sampled = padded[tap_slices(win, (0,) * len(win.kernel))]
+    pixels = int(np.prod(win.out_dims))
+    cols = sampled.reshape(batch, group, channels // group, pixels)
+    weights = w.reshape(group, w.shape[0] // group, channels // group)
+    return np.matmul(weights, cols).reshape((batch, w.shape[0]) + win.out_dims)
+
+
+def _im2col(padded, w, win, group):
+    """General case: one copy of the strided window view, one batched matmul."""
+    batch, channels = padded.shape[:2]
+    taps = int(np.prod(win.kernel))
+    pixels = int(np.prod(win.out_dims))
+    cols = windows_view(padded, win).reshape(batch, group, channels // group * taps, pixels)
+    weights = w.reshape(group, w.shape[0] // group, channels // group * taps)
+    return np.matmul(weights, cols).reshape((batch, w.shape[0]) + win.out_dims)
+
+
+def _depthwise(padded, w, win, group):
+    """One input channel per group: a sum over kernel taps of shifted input times one weight
+    per channel. ``w`` is ``(group * multiplier, 1, *kernel)``."""
+    batch = padded.shape[0]
+    multiplier = w.shape[0] // group
+    out = np.zeros((batch, group, multiplier) + win.out_dims, dtype=padded.dtype)
+    scratch = np.empty_like(out)
+    weights = w.reshape((group, multiplier, 1) + win.kernel)
+    for tap in itertools.product(*(range(k) for k in win.kernel)):
+        piece = padded[tap_slices(win, tap)][:, :, None]
+        weight = weights[(slice(None), slice(None), 0) + tap]
+        np.multiply(piece, weight.reshape(weight.shape + (1,) * len(win.kernel)), out=scratch)
+        out += scratch
+    return out.reshape((batch, group * multiplier) + win.out_dims)
+
+
+def _depthwise_flat(x, w, win, group):
+    """Depthwise conv with one stride on all axes, on the flattened spatial axes.
+
+    With ``flat`` indexing by the padded input's row lengths, output position ``o`` of tap
+    ``t`` reads flat input ``stride * flat(o) + offset(t)``, so each tap is one long 1-D
+    strided slice (NumPy's fast inner loop) instead of many short rows. The output is
+    computed over the padded width and cropped: a little extra arithmetic for much less loop
+    overhead. ``x`` is the unpadded input; the padded copy is made here, in a buffer long
+    enough for the last tap's slice.
+    """
+    batch = x.shape[0]
+    stride = win.strides[0]
+    multiplier = w.shape[0] // group
+    dims = tuple(s + b + e for s, b, e in zip(x.shape[2:], win.pads_begin, win.pads_end))
+    row_sizes = [int(np.prod(dims[axis + 1:])) for axis in range(len(dims))]
+    length = win.out_dims[0] * row_sizes[0]
+    offsets = [sum(t * d * r for t, d, r in zip(tap, win.dilations, row_sizes))
+               for tap in itertools.product(*(range(k) for k in win.kernel))]
+    size = int(np.prod(dims))
+    flat = np.zeros((batch, group, 1, max(stride * (length - 1) + max(offsets) + 1, size)),
+                    dtype=x.dtype)
+    image = flat[:, :, 0, :size].reshape((batch, group) + dims)
+    image[(slice(None), slice(None)) + tuple(
+        slice(b, b + s) for b, s in zip(win.pads_begin, x.shape[2:]))] = x
+    weights = w.reshape((group, multiplier, -1))
+    out = None
+    for index, offset in enumerate(offsets):
+        piece = flat[..., offset: offset + stride * (length - 1) + 1: stride]
+        if out is None:
+            out = piece * weights[:, :, index: index + 1]
+            scratch = np.empty_like(out)
+        else:
+            np.multiply(piece, weights[:, :, index: index + 1], out=scratch)
+            out += scratch
+    out = out.reshape((batch, group * multiplier, win.out_dims[0]) + dims[1:])
+    # a cropped view, not a copy: consumers read strided arrays as fast
+    return out[(slice(None),) * 3 + tuple(slice(0, o) for o in win.out_dims[1:])]
+
+
+# ------------------------------------------------------------------ ConvTranspose
+
+
+@attrs.frozen
+class TransposeGeometry:
+    """Where ConvTranspose's full (uncropped) output is cropped: ``pads_begin`` and output
+    dims per spatial axis; entries None when not known before running."""
+
+    pads_begin: tuple
+    out_dims: tuple
+
+
+def transpose_geometry(node, in_dims, kernel_dims) -> TransposeGeometry:
+    """Output dims of ConvTranspose.
+
+    Without ``output_shape`` (and auto_pad NOTSET/VALID) the size is
+    ``stride * (in - 1) + output_padding + (kernel - 1) * dilation + 1 - pads``. With
+    ``output_shape``, or auto_pad SAME_* (output ``in * stride``), the total padding follows
+    from the requested size and is split as the ONNX text says (and onnxruntime does): the
+    odd element goes to the end for SAME_UPPER and to the beginning otherwise.
+    """
+    rank = len(kernel_dims)
+    strides = int_list(node, "strides", rank, 1)
+    dilations = int_list(node, "dilations", rank, 1)
+    out_pad = int_list(node, "output_padding", rank, 0)
+    auto_pad = auto_pad_of(node)
+    pads = [int(p) for p in node.attrs.get("pads") or [0] * (2 * rank)]
+    if len(pads) != 2 * rank:
+        raise ShapeError(f"pads {pads} needs {2 * rank} entries")
+    requested = node.attrs.get("output_shape")
+    if requested is not None and len(requested) == 0:
+        requested = None
+    if requested is not None:
+        requested = [int(v) for v in requested][-rank:]
+        if len(requested) != rank:
+            raise ShapeError(f"output_shape {list(requested)} needs {rank} spatial entries")
+    begins, outs = [], []
+    for axis in range(rank):
+        size = in_dims[axis]
+        extent = (kernel_dims[axis] - 1) * dilations[axis] + 1
+        if not isinstance(size, (int, np.integer)):
+            begins.append(None)
+            outs.append(requested[axis] if requested is not None else None)
+            continue
+        full = strides[axis] * (int(size) - 1) + out_pad[axis] + extent
+        if requested is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            out = requested[axis] if requested is not None else int(size) * strides[axis]
+            total = full - out
+            begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            # A requested size past the natural one (by less than a stride, like
+            # output_padding) adds zeros at the end, as in onnxruntime.
+            begin = max(begin, 0)
+        elif auto_pad == "VALID":
+            begin, out = 0, full
+        else:
+            begin, out = pads[axis], full - pads[axis] - pads[axis + rank]
+        if out < 1:
+            raise ShapeError(f"output size {out} along spatial axis {axis} is not positive")
+        begins.append(begin), outs.append(out)
+    return TransposeGeometry(tuple(begins), tuple(outs))
+
+
+@shape_rule("ConvTranspose")
+def _conv_transpose_shape(node):
+    x, w = node.inputs[0], node.inputs[1]
+    if x.shape is None:
+        return [TensorType(x.dtype, None)]
+    if len(x.shape) < 3:
+        raise ShapeError(f"ConvTranspose input must be (N, C, spatial...), got rank {len(x.shape)}")
+    rank = len(x.shape) - 2
+    group = int(node.attrs.get("group", 1))
+    out_channels = None
+    if w.shape is not None:
+        if len(w.shape) != rank + 2:
+            raise ShapeError(f"weight rank {len(w.shape)} does not match input rank {rank + 2}")
+        if isinstance(w.shape[1], int):
+            out_channels = w.shape[1] * group
+    kernel_dims = _conv_kernel_dims(node, w.shape)
+    if kernel_dims is None:
+        return [TensorType(x.dtype, (x.shape[0], out_channels) + (None,) * rank)]
+    geometry = transpose_geometry(node, x.shape[2:], kernel_dims)
+    return [TensorType(x.dtype, (x.shape[0], out_channels) + geometry.out_dims)]
+
+
+@kernel("ConvTranspose")
+def _conv_transpose(node, x, w, bias=None):
+    kernel_dims = tuple(w.shape[2:])
+    in_dims = x.shape[2:]
+    try:
+        geometry = transpose_geometry(node, in_dims, kernel_dims)
+    except ShapeError as err:
+        raise ValueError(str(err)) from None
+    rank = len(kernel_dims)
+    strides = int_list(node, "strides", rank, 1)
+    dilations = int_list(node, "dilations", rank, 1)
+    group = int(node.attrs.get("group", 1))
+    w = w.astype(x.dtype, copy=False)
+    batch, channels = x.shape[:2]
+    if channels != w.shape[0] or channels % group:
+        raise ValueError(f"input channels {channels}, weight {list(w.shape)} and group {group} "
+                         f"do not fit")
+    per_group_out = w.shape[1]
+    out_channels = per_group_out * group
+    taps = int(np.prod(kernel_dims))
+    pixels = int(np.prod(in_dims))
+    # cols[n, g, (m, taps), p] = sum_c w[g, c, (m, taps)] * x[n, g, c, p]
+    weights = w.reshape(group, channels // group, per_group_out * taps).transpose(0, 2, 1)
+    cols = np.matmul(weights, x.reshape(batch, group, channels // group, pixels))
+    cols = cols.reshape((batch, out_channels) + kernel_dims + in_dims)
+    # Scatter-add each tap into the full output, then crop the pads. The buffer is large
+    # enough for any crop window, including output_shape past the natural size.
+    full_dims = []
+    for axis in range(rank):
+        natural = strides[axis] * (in_dims[axis] - 1) + (kernel_dims[axis] - 1) * dilations[axis] + 1
+        full_dims.append(max(natural, geometry.pads_begin[axis] + geometry.out_dims[axis]))
+    full = np.zeros((batch, out_channels) + tuple(full_dims), dtype=x.dtype)
+    for tap in itertools.product(*(range(k) for k in kernel_dims)):
+        target = (slice(None), slice(None)) + tuple(
+            slice(t * d, t * d + (size - 1) * s + 1, s)
+            for t, d, s, size in zip(tap, dilations, strides, in_dims))
+        full[target] += cols[(slice(None), slice(None)) + tap]
+    crop = (slice(None), slice(None)) + tuple(
+        slice(b, b + size) for b, size in zip(geometry.pads_begin, geometry.out_dims))
+    out = np.ascontiguousarray(full[crop])
+    if bias is not None:
+        out += bias.astype(out.dtype, copy=False).reshape((-1,) + (1,) * rank)
+    return out

@@ -1,0 +1,159 @@
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from circ.errors import ModelError
+from circ.graph import Graph
+from opcheck import check_op
+
+rng = np.random.default_rng(0)
+TOL = dict(rtol=1e-4, atol=1e-4)  # float32 sums of a few hundred products, different orders
+
+
+def _conv_inputs(x_shape, w_shape, bias=True):
+    inputs = {"x": rng.standard_normal(x_shape).astype(np.float32),
+              "w": rng.standard_normal(w_shape).astype(np.float32)}
+    if bias:
+        inputs["b"] = rng.standard_normal(w_shape[0]).astype(np.float32)
+    return inputs
+
+
+CONV_2D = [
+    ({}, (4, 6, 3, 3)),
+    ({"pads": [1, 1, 1, 1]}, (4, 6, 3, 3)),
+    ({"pads": [1, 2, 0, 1], "strides": [2, 1]}, (4, 6, 3, 2)),
+    ({"strides": [2, 2], "dilations": [2, 1], "pads": [2, 1, 2, 1]}, (5, 6, 3, 3)),
+    ({"group": 2, "dilations": [2, 2]}, (4, 3, 3, 3)),
+    ({"group": 3, "strides": [2, 2], "pads": [1, 1, 1, 1]}, (6, 2, 3, 3)),
+    ({"group": 6, "pads": [1, 1, 1, 1]}, (6, 1, 3, 3)),  # depthwise
+    ({"group": 6, "strides": [2, 2], "pads": [1, 1, 1, 1]}, (12, 1, 3, 3)),  # depthwise x2
+    ({"group": 6, "strides": [2, 1], "dilations": [1, 2]}, (6, 1, 3, 3)),  # uneven strides
+    ({"group": 6, "auto_pad": "SAME_LOWER", "strides": [2, 2]}, (6, 1, 4, 4)),
+    ({"auto_pad": "SAME_UPPER", "strides": [2, 3]}, (5, 6, 4, 3)),
+    ({"auto_pad": "SAME_UPPER"}, (5, 6, 3, 3)),
+    ({"auto_pad": "VALID", "strides": [2, 3]}, (5, 6, 2, 1)),
+    ({}, (7, 6, 1, 1)),  # pointwise
+    ({"strides": [2, 2]}, (7, 6, 1, 1)),  # strided pointwise (ResNet downsample)
+    ({"group": 2, "pads": [1, 0, 1, 0]}, (4, 3, 1, 1)),  # grouped pointwise with pads
+    ({"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, (4, 6, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("attributes, w_shape", CONV_2D)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_conv_2d(attributes, w_shape, batch):
+    check_op("Conv", _conv_inputs((batch, 6, 9, 10), w_shape), attributes, consts={"w", "b"}, **TOL)
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 17, 22])
+def test_conv_opsets_and_no_bias(opset):
+    check_op("Conv", _conv_inputs((2, 4, 8, 8), (3, 4, 3, 3), bias=False), {"pads": [1, 1, 1, 1]},
+             consts={"w"}, opset=opset, **TOL)
+
+
+@pytest.mark.parametrize("attributes, w_shape", [
+    ({}, (4, 3, 3)),
+    ({"strides": [2], "pads": [1, 2], "dilations": [2]}, (4, 3, 3)),
+    ({"group": 3, "auto_pad": "SAME_UPPER"}, (3, 1, 5)),
+    ({"auto_pad": "SAME_LOWER", "strides": [3]}, (4, 3, 2)),
+])
+def test_conv_1d(attributes, w_shape):
+    check_op("Conv", _conv_inputs((2, 3, 17), w_shape), attributes, consts={"w", "b"}, **TOL)
+
+
+@pytest.mark.parametrize("attributes, w_shape", [
+    ({"pads": [1, 1, 1, 1, 1, 1]}, (4, 3, 3, 3, 3)),
+    ({"strides": [2, 1, 2], "dilations": [1, 2, 1]}, (4, 3, 2, 3, 2)),
+    ({"group": 3, "pads": [1, 0, 1, 1, 0, 1]}, (3, 1, 3, 3, 3)),
+])
+def test_conv_3d(attributes, w_shape):
+    check_op("Conv", _conv_inputs((1, 3, 6, 7, 5), w_shape), attributes, consts={"w", "b"}, **TOL)
+
+
+def test_conv_symbolic_batch_and_runtime_weights():
+    inputs = _conv_inputs((3, 6, 9, 10), (4, 6, 3, 3))
+    check_op("Conv", inputs, {"strides": [2, 2], "pads": [1, 1, 1, 1]}, consts={"b"},
+             batch_symbolic=True, **TOL)
+
+
+def test_conv_stays_float32_and_same_stride1_keeps_symbolic_dims():
+    graph = Graph(opsets={"": 17})
+    x = graph.add_input("x", np.float32, ["N", 3, "H", "W"])
+    w = graph.add_const("w", rng.standard_normal((8, 3, 3, 3)).astype(np.float32))
+    same = graph.add_node("Conv", [x, w], {"auto_pad": "SAME_UPPER"})
+    assert same.output.shape == ("N", 8, "H", "W")
+    strided = graph.add_node("Conv", [x, w], {"strides": [2, 2], "pads": [1, 1, 1, 1]})
+    assert strided.output.shape == ("N", 8, None, None)
+    assert strided.output.dtype == np.float32
+
+
+def test_conv_channel_mismatch_is_a_model_error():
+    graph = Graph(opsets={"": 17})
+    x = graph.add_input("x", np.float32, [1, 5, 8, 8])
+    w = graph.add_const("w", np.zeros((4, 3, 3, 3), np.float32))
+    with pytest.raises(ModelError, match="Conv node .* 5 channels"):
+        graph.add_node("Conv", [x, w], name="conv1")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_conv_matches_onnxruntime_on_random_configs(data):
+    rank = data.draw(st.integers(1, 2), label="spatial rank")
+    group = data.draw(st.sampled_from([1, 2, 3]), label="group")
+    per_group_in = data.draw(st.integers(1, 3), label="channels per group")
+    per_group_out = data.draw(st.integers(1, 3), label="outputs per group")
+    kernel = [data.draw(st.integers(1, 3)) for _ in range(rank)]
+    dilations = [data.draw(st.integers(1, 2)) for _ in range(rank)]
+    strides = [data.draw(st.integers(1, 3)) for _ in range(rank)]
+    auto_pad = data.draw(st.sampled_from(["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]))
+    extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    sizes = [data.draw(st.integers(e, e + 6)) for e in extents]
+    attributes = {"group": group, "strides": strides, "dilations": dilations, "auto_pad": auto_pad}
+    if auto_pad == "NOTSET":
+        attributes["pads"] = [data.draw(st.integers(0, e - 1)) for e in extents * 2]
+    batch = data.draw(st.integers(1, 2), label="batch")
+    inputs = _conv_inputs([batch, group * per_group_in] + sizes,
+                          [group * per_group_out, per_group_in] + kernel,
+                          bias=data.draw(st.booleans(), label="bias"))
+    check_op("Conv", inputs, attributes, consts={"w", "b"}, **TOL)
+
+
+# ------------------------------------------------------------------ ConvTranspose
+
+CONV_TRANSPOSE_2D = [
+    ({}, (6, 4, 3, 3)),
+    ({"strides": [2, 2], "pads": [1, 0, 1, 0], "output_padding": [1, 0]}, (6, 2, 3, 3)),
+    ({"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}, (6, 3, 4, 4)),
+    ({"group": 2, "dilations": [2, 1]}, (6, 3, 3, 3)),
+    ({"group": 6, "strides": [2, 2]}, (6, 1, 3, 3)),
+    ({"output_shape": [20, 20], "strides": [2, 2]}, (6, 2, 3, 3)),
+    ({"output_shape": [18, 19], "strides": [2, 2]}, (6, 2, 3, 3)),
+    ({"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (6, 2, 3, 3)),
+    ({"auto_pad": "SAME_LOWER", "strides": [2, 2]}, (6, 2, 3, 3)),
+    ({"auto_pad": "SAME_UPPER", "strides": [2, 2], "output_shape": [17, 22]}, (6, 2, 4, 3)),
+    ({"auto_pad": "VALID", "strides": [3, 2]}, (6, 2, 2, 2)),
+    ({}, (6, 5, 1, 1)),
+    ({"strides": [2, 2]}, (6, 5, 2, 2)),  # the UNet upsampler
+]
+
+
+@pytest.mark.parametrize("attributes, w_shape", CONV_TRANSPOSE_2D)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_conv_transpose_2d(attributes, w_shape, batch):
+    inputs = _conv_inputs((batch, 6, 9, 10), w_shape, bias=False)
+    inputs["b"] = rng.standard_normal(w_shape[1] * attributes.get("group", 1)).astype(np.float32)
+    check_op("ConvTranspose", inputs, attributes, consts={"w", "b"}, **TOL)
+
+
+@pytest.mark.parametrize("opset", [9, 11, 17])
+def test_conv_transpose_1d_and_3d(opset):
+    check_op("ConvTranspose", _conv_inputs((2, 3, 7), (3, 2, 4), bias=False),
+             {"strides": [3], "pads": [1, 2]}, consts={"w"}, opset=opset, **TOL)
+    check_op("ConvTranspose", _conv_inputs((1, 2, 3, 4, 3), (2, 2, 2, 3, 2), bias=False),
+             {"strides": [2, 1, 2], "output_padding": [1, 0, 0]}, consts={"w"}, opset=opset, **TOL)
+
+
+def test_conv_transpose_symbolic_batch():
+    inputs = _conv_inputs((2, 4, 5, 5), (4, 3, 3, 3), bias=False)
+    check_op("ConvTranspose", inputs, {"strides": [2, 2]}, consts={"w"}, batch_symbolic=True, **TOL)
