@@ -1,0 +1,120 @@
+"""Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool over any spatial rank.
+
+Windows follow the same geometry as Conv (:func:`circ.ops.conv.window`: pads, auto_pad,
+strides, dilations, ceil_mode). The kernels reduce over kernel taps, one strided slice of the
+padded input per tap, which keeps NumPy on contiguous inner loops and memory at the size of
+the output.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from circ.ops.conv import Window, fit_windows, tap_slices, window
+from circ.ops.registry import ShapeError, TensorType, kernel, shape_rule
+
+
+def _kernel_dims(node) -> tuple:
+    dims = node.attrs.get("kernel_shape")
+    if not dims:
+        raise ShapeError(f"{node.op} needs the kernel_shape attribute")
+    return tuple(int(k) for k in dims)
+
+
+def _pool_window(node, in_dims) -> Window:
+    dims = _kernel_dims(node)
+    if len(dims) != len(in_dims):
+        raise ShapeError(f"kernel_shape {list(dims)} does not match {len(in_dims)} spatial axes")
+    return window(node, in_dims, dims, ceil_mode=bool(node.attrs.get("ceil_mode", 0)))
+
+
+def _taps(win: Window):
+    return itertools.product(*(range(k) for k in win.kernel))
+
+
+@shape_rule("MaxPool", "AveragePool")
+def _pool_shape(node):
+    x = node.inputs[0]
+    if node.op == "MaxPool" and len(node.outputs) > 1:
+        raise ShapeError("MaxPool's Indices output is not supported; only the pooled values")
+    if x.shape is None:
+        return [TensorType(x.dtype, None)]
+    if len(x.shape) < 3:
+        raise ShapeError(f"{node.op} input must be (N, C, spatial...), got rank {len(x.shape)}")
+    win = _pool_window(node, x.shape[2:])
+    return [TensorType(x.dtype, x.shape[:2] + win.out_dims)]
+
+
+def _run_window(node, x) -> Window:
+    try:
+        return _pool_window(node, x.shape[2:])
+    except ShapeError as err:
+        raise ValueError(str(err)) from None
+
+
+@kernel("MaxPool")
+def _max_pool(node, x):
+    win = _run_window(node, x)
+    lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    padded = fit_windows(x, win, lowest)
+    out = None
+    for tap in _taps(win):
+        piece = padded[tap_slices(win, tap)]
+        if out is None:
+            out = piece.copy()
+        else:
+            np.maximum(out, piece, out=out)
+    return out
+
+
+@kernel("AveragePool")
+def _average_pool(node, x):
+    win = _run_window(node, x)
+    padded = fit_windows(x, win, 0)
+    out = None
+    for tap in _taps(win):
+        piece = padded[tap_slices(win, tap)]
+        if out is None:
+            out = piece.copy()
+        else:
+            out += piece
+    include_pad = bool(node.attrs.get("count_include_pad", 0))
+    out /= _window_counts(win, x.shape[2:], include_pad).astype(out.dtype)
+    return out
+
+
+def _window_counts(win: Window, in_dims, include_pad: bool) -> np.ndarray:
+    """How many taps of each window fall on input elements (or on pads too, with
+    ``include_pad``), as an array broadcasting over the output. Never on the extra padding
+    ceil_mode adds past the pads: onnxruntime divides by the part inside the padded input."""
+    counts = np.ones((1, 1), dtype=np.float64)
+    for axis, size in enumerate(in_dims):
+        begin, end = win.pads_begin[axis], win.pads_end[axis]
+        low, high = (-begin, size + end) if include_pad else (0, size)
+        starts = np.arange(win.out_dims[axis]) * win.strides[axis] - begin
+        positions = starts[:, None] + np.arange(win.kernel[axis]) * win.dilations[axis]
+        per_axis = ((positions >= low) & (positions < high)).sum(axis=1)
+        counts = counts[..., None] * per_axis
+    return counts
+
+
+@shape_rule("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool_shape(node):
+    x = node.inputs[0]
+    if x.shape is None:
+        return [TensorType(x.dtype, None)]
+    if len(x.shape) < 3:
+        raise ShapeError(f"{node.op} input must be (N, C, spatial...), got rank {len(x.shape)}")
+    return [TensorType(x.dtype, x.shape[:2] + (1,) * (len(x.shape) - 2))]
+
+
+@kernel("GlobalAveragePool")
+def _global_average_pool(node, x):
+    return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=x.dtype)
+
+
+@kernel("GlobalMaxPool")
+def _global_max_pool(node, x):
+    return x.max(axis=tuple(range(2, x.ndim)), keepdims=True)

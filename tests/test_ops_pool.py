@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+
+from circ.errors import ModelError
+from circ.graph import Graph
+from opcheck import check_op
+
+rng = np.random.default_rng(0)
+
+WINDOWS_2D = [
+    {"kernel_shape": [2, 2], "strides": [2, 2]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [3, 2], "strides": [1, 2], "pads": [1, 0, 0, 1]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
+    {"kernel_shape": [3, 3], "strides": [2, 3], "pads": [1, 1, 1, 1], "ceil_mode": 1},
+    {"kernel_shape": [2, 2], "strides": [3, 3], "pads": [1, 0, 1, 0], "ceil_mode": 1},
+    {"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER", "strides": [2, 2]},
+    {"kernel_shape": [2, 3], "auto_pad": "SAME_LOWER", "strides": [2, 2]},
+    {"kernel_shape": [3, 3], "auto_pad": "VALID", "strides": [2, 1]},
+    {"kernel_shape": [4, 3]},
+]
+
+
+@pytest.mark.parametrize("attributes", WINDOWS_2D)
+@pytest.mark.parametrize("opset", [11, 13, 19])
+def test_max_pool_2d(attributes, opset):
+    x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
+    check_op("MaxPool", {"x": x}, attributes, opset=opset)
+
+
+@pytest.mark.parametrize("attributes", [
+    {"kernel_shape": [3, 3], "dilations": [2, 2]},
+    {"kernel_shape": [2, 3], "dilations": [2, 1], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [3, 3], "dilations": [2, 2], "strides": [2, 2], "ceil_mode": 1},
+])
+def test_max_pool_dilations(attributes):
+    check_op("MaxPool", {"x": rng.standard_normal((1, 2, 11, 12)).astype(np.float32)}, attributes)
+
+
+def test_max_pool_old_opsets_ignore_storage_order():
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    check_op("MaxPool", {"x": x}, {"kernel_shape": [2, 2], "strides": [2, 2]}, opset=7)
+    check_op("MaxPool", {"x": x}, {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "storage_order": 1},
+             opset=9)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_max_pool_integers_pad_with_the_lowest_value(dtype):
+    x = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, (1, 2, 6, 7)).astype(dtype)
+    check_op("MaxPool", {"x": x}, {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]},
+             opset=12)
+
+
+def test_max_pool_1d_and_3d():
+    check_op("MaxPool", {"x": rng.standard_normal((2, 3, 13)).astype(np.float32)},
+             {"kernel_shape": [3], "strides": [2], "pads": [1, 1]})
+    check_op("MaxPool", {"x": rng.standard_normal((1, 2, 5, 6, 7)).astype(np.float32)},
+             {"kernel_shape": [2, 3, 2], "strides": [2, 2, 1], "ceil_mode": 1})
+
+
+def test_max_pool_indices_output_is_refused_clearly():
+    graph = Graph(opsets={"": 13})
+    x = graph.add_input("x", np.float32, [1, 1, 4, 4])
+    with pytest.raises(ModelError, match="MaxPool node 'pool1'.*Indices"):
+        graph.add_node("MaxPool", [x], {"kernel_shape": [2, 2]}, outputs=2, name="pool1")
+
+
+@pytest.mark.parametrize("attributes", WINDOWS_2D)
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+def test_average_pool_2d(attributes, count_include_pad):
+    x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
+    check_op("AveragePool", {"x": x}, {**attributes, "count_include_pad": count_include_pad})
+
+
+@pytest.mark.parametrize("opset", [7, 9, 11, 19])
+def test_average_pool_opsets(opset):
+    x = rng.standard_normal((1, 4, 7, 7)).astype(np.float32)
+    check_op("AveragePool", {"x": x},
+             {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 1}, opset=opset)
+
+
+def test_average_pool_dilations_opset_19():
+    x = rng.standard_normal((1, 2, 11, 10)).astype(np.float32)
+    for count_include_pad in (0, 1):
+        check_op("AveragePool", {"x": x},
+                 {"kernel_shape": [3, 2], "dilations": [2, 2], "pads": [1, 1, 1, 1],
+                  "count_include_pad": count_include_pad}, opset=19)
+
+
+def test_average_pool_1d_and_3d():
+    check_op("AveragePool", {"x": rng.standard_normal((2, 3, 13)).astype(np.float32)},
+             {"kernel_shape": [4], "strides": [3], "pads": [1, 2]})
+    check_op("AveragePool", {"x": rng.standard_normal((1, 2, 5, 6, 7)).astype(np.float32)},
+             {"kernel_shape": [2, 3, 2], "strides": [2, 2, 1], "pads": [0, 1, 1, 1, 1, 0]})
+
+
+def test_pools_with_symbolic_batch():
+    x = rng.standard_normal((3, 2, 8, 8)).astype(np.float32)
+    window = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    check_op("MaxPool", {"x": x}, window, batch_symbolic=True)
+    check_op("AveragePool", {"x": x}, window, batch_symbolic=True)
+    check_op("GlobalAveragePool", {"x": x}, batch_symbolic=True)
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+@pytest.mark.parametrize("shape", [(2, 3, 7), (2, 3, 7, 6), (1, 2, 3, 4, 5)])
+def test_global_pools(op, shape):
+    check_op(op, {"x": rng.standard_normal(shape).astype(np.float32)}, rtol=1e-5, atol=1e-6)
+
+
+def test_pool_shape_keeps_unknown_dims_unknown():
+    graph = Graph(opsets={"": 17})
+    x = graph.add_input("x", np.float32, ["N", 8, None, 32])
+    node = graph.add_node("MaxPool", [x], {"kernel_shape": [2, 2], "strides": [2, 2]})
+    assert node.output.shape == ("N", 8, None, 16)
+    gap = graph.add_node("GlobalAveragePool", [node.output])
+    assert gap.output.shape == ("N", 8, 1, 1)
