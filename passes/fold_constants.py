@@ -28,6 +28,10 @@ WEIGHT_INPUTS = {
     "ConvInteger": (1,),
 }
 
+# Ops that only rearrange their first input: a weight passing through them is still a weight.
+LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity",
+                        "Cast"})
+
 
 @register_pass
 class FoldConstants(Pass):
@@ -44,8 +48,9 @@ class FoldConstants(Pass):
 
     Kept as they are: non-deterministic ops, opaque ops (no kernel; declined when all their
     inputs are constant), nodes with subgraphs, outputs that are graph outputs, and results
-    larger than both ``max_bytes`` and their inputs unless every user reads them as a weight
-    (so ``ConstantOfShape`` weights of the model-zoo graphs do become weight constants).
+    larger than both ``max_bytes`` and their inputs unless every use ends in a weight input,
+    directly or through layout ops (Reshape, Transpose, ...) that fold too — so the
+    ``ConstantOfShape`` weights of the model-zoo graphs do become weight constants.
     """
 
     name = "fold_constants"
@@ -110,7 +115,7 @@ class FoldConstants(Pass):
         in_bytes = sum(v.const.storage_bytes for v in node.inputs if v is not None)
         if out_bytes <= max(self.max_bytes, in_bytes):
             return True
-        return all(_is_weight_use(user, index) for value in node.outputs for user, index in value.uses)
+        return all(_feeds_weights(value) for value in node.outputs)
 
     # ------------------------------------------------------------------ building
     @staticmethod
@@ -163,8 +168,24 @@ def _dropout_training(node: Node) -> bool:
     return mode.const is None or bool(np.asarray(mode.const.to_numpy()).reshape(-1)[0])
 
 
-def _is_weight_use(user: Node, index: int) -> bool:
-    return index in WEIGHT_INPUTS.get(user.op, ())
+def _feeds_weights(value: Value) -> bool:
+    """Whether every use of ``value`` ends in a weight input, directly or through layout ops
+    that will fold too (model-zoo classifiers: ConstantOfShape -> Reshape -> Gemm)."""
+    work = [value]
+    while work:
+        current = work.pop()
+        if not current.uses:
+            return False
+        for user, index in current.uses:
+            if index in WEIGHT_INPUTS.get(user.op, ()):
+                continue
+            others_constant = all(v is None or v.const is not None
+                                  for i, v in enumerate(user.inputs) if i != index)
+            if user.op in LAYOUT_OPS and index == 0 and others_constant:
+                work.extend(user.outputs[:1])
+                continue
+            return False
+    return True
 
 
 def _reinfer(node: Node) -> bool:
