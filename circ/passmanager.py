@@ -305,9 +305,10 @@ class PassManager:
         self.instruments.append(TimePasses(table=time_passes))  # innermost: times the pass only
 
     @classmethod
-    def from_pipeline(cls, pipeline, **options) -> "PassManager":
-        """A manager for ``pipeline``: text (parsed and checked now) or pass objects."""
-        return cls(as_passes(pipeline), **options)
+    def from_pipeline(cls, pipeline, *, registry: Optional[dict] = None, **options) -> "PassManager":
+        """A manager for ``pipeline``: text (parsed and checked now against ``registry``,
+        default every registered pass) or pass objects."""
+        return cls(as_passes(pipeline, registry), **options)
 
     @property
     def text(self) -> str:

@@ -21,6 +21,7 @@ equal pipeline, which is how a report makes any result reproducible.
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
@@ -254,12 +255,17 @@ class Option:
         return "(required)" if self.required else format_option(self.default)
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation naming something not importable: fall back per field
+        return {}
+
+
 def pass_options(cls: type) -> list[Option]:
     """The options of pass class ``cls`` (its init-able attrs fields), in declaration order."""
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:  # an annotation naming something not importable: fall back per field
-        hints = {}
+    hints = _type_hints(cls)
     options = []
     for field in attrs.fields(cls):
         if not field.init:

@@ -1,0 +1,194 @@
+"""circ-opt: run a pass pipeline on an ONNX model.
+
+::
+
+    circ-opt --passes='fold_bn,dce' model.onnx [-o out.onnx] [--report out.json]
+
+Without ``-o`` the result goes to ``MODEL.opt.onnx`` beside the input; the input itself is
+never overwritten. The pipeline is checked before the model is read. A before/after table
+(params, non-zeros, bytes, MACs, nodes) is printed unless ``-q``; ``--report`` writes the
+same figures, every pass's record and the printed pipeline as JSON. Instrument output
+(``--print-ir-after``, ``--time-passes``, ``--pass-stats``) goes to stdout as it happens,
+warnings (an exact pass flagged by ``--verify-numerics``) to stderr.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+from circ.cli.common import ArgumentParser, check_writable, require_file, run_tool, warning
+from circ.errors import ModelError, PipelineError
+
+PROG = "circ-opt"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description="Run a pass pipeline on an ONNX model.")
+    parser.add_argument("model", nargs="?", metavar="MODEL.onnx", help="the model to optimize")
+    parser.add_argument("--passes", default="", metavar="PIPELINE",
+                        help="passes to run, e.g. 'prune(sparsity=0.9,scope=fc),dce'")
+    parser.add_argument("-o", "--output", metavar="OUT.onnx",
+                        help="where to write the result (default: MODEL.opt.onnx)")
+    parser.add_argument("--report", metavar="OUT.json", help="write the run's report as JSON")
+    parser.add_argument("--list-passes", action="store_true", help="list the registered passes")
+    parser.add_argument("--help-pass", metavar="NAME", help="describe one pass and its options")
+    parser.add_argument("--print-ir-after", action="append", metavar="PASS|all",
+                        help="print the IR after this pass (repeatable) or after all passes")
+    parser.add_argument("--time-passes", action="store_true", help="print the time of each pass")
+    parser.add_argument("--pass-stats", action="store_true",
+                        help="print params/non-zeros/bytes/MACs/nodes after each pass")
+    parser.add_argument("--verify-numerics", action="store_true",
+                        help="run a seeded sample input after each pass and report output changes")
+    parser.add_argument("--no-verify", action="store_true", help="skip the IR verifier after passes")
+    parser.add_argument("--load-pass-plugin", action="append", default=[], metavar="FILE.py",
+                        help="import passes from a Python file (repeatable)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for passes and sample inputs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print no summary")
+    return parser
+
+
+def default_output(model: str) -> str:
+    """``dir/net.onnx`` -> ``dir/net.opt.onnx``."""
+    root, ext = os.path.splitext(model)
+    return (root if ext.lower() == ".onnx" else model) + ".opt.onnx"
+
+
+def _body(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from circ.passmanager import PassManager
+    from circ.plugins import load_pass_plugin, registered_passes
+
+    for plugin in args.load_pass_plugin:
+        load_pass_plugin(plugin)
+    if args.list_passes:
+        print(list_passes(registered_passes()))
+        return 0
+    if args.help_pass:
+        print(help_pass(args.help_pass, registered_passes()))
+        return 0
+    if not args.model:
+        raise PipelineError("no input model given (usage: circ-opt --passes=PIPELINE MODEL.onnx)")
+
+    print_ir = args.print_ir_after
+    if print_ir and "all" in print_ir:
+        print_ir = "all"
+    manager = PassManager.from_pipeline(
+        args.passes, verify=not args.no_verify, print_ir_after=print_ir,
+        time_passes=args.time_passes, pass_statistics=args.pass_stats,
+        verify_numerics=args.verify_numerics, seed=args.seed, emit=_emit)
+
+    model = args.model
+    require_file(model, "an ONNX model", ModelError)
+    output = args.output or default_output(model)
+    check_writable(output, protect=[model])
+    if args.report:
+        check_writable(args.report, protect=[model, output])
+
+    import circ
+    from circ.fileio import atomic_write
+
+    graph = circ.load(model)
+    result = manager.run(graph)
+    report = dict(result.report, input=model, output=output)
+    report_text = json.dumps(report, indent=2) + "\n" if args.report else None
+
+    circ.save(graph, output, protect=[model])
+    if report_text is not None:
+        atomic_write(args.report, report_text, protect=[model, output])
+
+    for message in result.warnings:
+        warning(PROG, message)
+    if not args.quiet:
+        print(summary(report))
+    return 0
+
+
+def _emit(text: str) -> None:
+    print(text, flush=True)
+
+
+SUMMARY_ROWS = [("params", "params"), ("nonzeros", "non-zeros"), ("storage_bytes", "bytes"),
+                ("macs", "MACs"), ("nodes", "nodes")]
+
+
+def summary(report: dict) -> str:
+    """The before/after table (and the declines) of a report."""
+    from circ.printer import format_count, format_table
+
+    before, after = report["stats"]["before"], report["stats"]["after"]
+    rows = []
+    for key, title in SUMMARY_ROWS:
+        rows.append([title, format_count(before[key]), format_count(after[key]),
+                     _change(before[key], after[key])])
+    lines = [f"{report['input']} -> {report['output']}",
+             f"pipeline: {report['pipeline'] or '(empty)'}",
+             format_table(["", "before", "after", "change"], rows)]
+    if not after.get("macs_complete", True):
+        lines.append("(MACs cover only the nodes whose shapes are known)")
+    declines = report["declines"]
+    if declines:
+        lines.append(f"declined ({len(declines)}):")
+        lines += [f"  {d['pass']}: {d['node']}: {d['reason']}" for d in declines]
+    return "\n".join(lines)
+
+
+def _change(before, after) -> str:
+    if before is None or after is None:
+        return "?"
+    if before == after:
+        return "0%"
+    if before == 0:
+        return "new"
+    return f"{100.0 * (after - before) / before:+.1f}%"
+
+
+def list_passes(registry: dict) -> str:
+    """Name, exact/approximate and the first docstring line of every pass."""
+    from circ.printer import format_table
+
+    rows = [[name, "exact" if cls.exact else "approximate", _first_line(cls)]
+            for name, cls in sorted(registry.items())]
+    if not rows:
+        return "(no passes registered)"
+    return format_table(["pass", "kind", "description"], rows, align="lll")
+
+
+def help_pass(name: str, registry: dict) -> str:
+    """A pass's docstring and every option with type, default and help."""
+    from circ.pipeline import pass_options
+    from circ.printer import format_table
+
+    cls = registry.get(name)
+    if cls is None:
+        raise PipelineError(f"unknown pass {name!r}; valid passes: {', '.join(sorted(registry))}")
+    kind = "exact" if cls.exact else "approximate"
+    lines = [f"{name} ({kind})", "", _doc(cls) or "(no description)", ""]
+    options = pass_options(cls)
+    if options:
+        rows = [[o.name, o.describe_type(), o.describe_default(), o.help] for o in options]
+        lines += ["options:", format_table(["option", "type", "default", "help"], rows, align="llll")]
+    else:
+        lines.append("options: none")
+    return "\n".join(lines)
+
+
+def _doc(cls) -> str:
+    # The class's own docstring: inspect.getdoc would fall back to the Pass base class's.
+    return inspect.cleandoc(cls.__dict__.get("__doc__") or "")
+
+
+def _first_line(cls) -> str:
+    doc = _doc(cls)
+    return doc.splitlines()[0] if doc else ""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_tool(PROG, _body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
