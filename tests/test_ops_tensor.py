@@ -367,3 +367,45 @@ def test_slice_rule_and_kernel_match_numpy(length, start, end, step):
     want = data[start:end:step]
     assert out.shape == want.shape
     np.testing.assert_array_equal(Interpreter(graph).run({"x": data})[out.name], want)
+
+
+def _export_upsample_flatten(opset):
+    """A small CNN exported by torch with a dynamic batch: Resize/Upsample with scales from
+    Constant nodes, then ``view(size(0), -1)`` and ``reshape(b, c, -1)`` shape arithmetic."""
+    import io
+    import warnings
+
+    torch = pytest.importorskip("torch")
+
+    class UpsampleFlatten(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+            self.fc = torch.nn.Linear(8 * 6 * 6, 4)
+
+        def forward(self, x):
+            y = torch.nn.functional.interpolate(torch.relu(self.conv(x)), scale_factor=2, mode="nearest")
+            y = torch.nn.functional.max_pool2d(y, 2)
+            return self.fc(y.view(y.size(0), -1)), y.reshape(y.shape[0], y.shape[1], -1).transpose(1, 2)
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(UpsampleFlatten().eval(), torch.randn(2, 3, 8, 8), buffer, dynamo=False,
+                          opset_version=opset, input_names=["x"], dynamic_axes={"x": {0: "N"}},
+                          do_constant_folding=False)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_torch_dynamic_batch_export_infers_shapes(opset):
+    from circ.onnx_import import from_model_proto
+
+    proto = _export_upsample_flatten(opset)
+    graph = from_model_proto(proto)
+    assert [v.shape for v in graph.outputs] == [("N", 4), ("N", 36, 8)]
+    x = f32(5, 3, 8, 8)
+    want = run_onnxruntime(proto, {"x": x})
+    got = Interpreter(graph).run({"x": x})
+    for value, expected in zip(graph.outputs, want):
+        np.testing.assert_allclose(got[value.name], expected, rtol=1e-5, atol=1e-5)

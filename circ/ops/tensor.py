@@ -21,8 +21,8 @@ import numpy as np
 from circ import dtypes
 from circ.errors import ModelError
 from circ.ops.registry import (
-    ShapeError, TensorType, attr_or_input, broadcast_shapes, dim_product, kernel, kernel_arg,
-    known_array, known_ints, normalize_axis, shape_rule,
+    ShapeError, TensorType, attr_or_input, broadcast_shapes, dim_product, get_op, kernel, kernel_arg,
+    known_ints, normalize_axis, shape_rule,
 )
 
 # Known contents are only tracked for tensors this small: shape vectors, not data.
@@ -54,6 +54,42 @@ def _sym_result(dtype, shape, contents) -> Optional[tuple]:
     if any(d is None for d in contents):
         return None
     return tuple(contents)
+
+
+# Ops whose small outputs :func:`static_array` may compute while inferring shapes.
+_STATIC_OPS = {"Constant", "Concat", "Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Slice",
+               "Gather", "Add", "Sub", "Mul", "Div"}
+
+
+def static_array(value, depth: int = 0) -> Optional[np.ndarray]:
+    """The contents of a small tensor known before running, or None.
+
+    A constant's array; or, for the output of a short chain of Constant/Concat/Cast/... nodes
+    over known inputs (how torch exports Resize scales), the chain evaluated by its kernels.
+    Integer contents derived from shapes (``sym``) count when every entry is an int.
+    """
+    if value is None:
+        return None
+    if value.const is not None:
+        return value.const.to_numpy()
+    if value.sym is not None and all(isinstance(d, int) for d in value.sym):
+        return np.array(value.sym, dtype=value.dtype).reshape(value.shape if value.shape == () else (-1,))
+    node = value.producer
+    if node is None or node.domain or node.op not in _STATIC_OPS or depth > 8:
+        return None
+    args = []
+    for source in node.inputs:
+        array = None if source is None else static_array(source, depth + 1)
+        if source is not None and (array is None or array.size > _SYM_LIMIT):
+            return None
+        args.append(array)
+    try:
+        result = get_op(node.op).kernel(node, *args)
+    except Exception:  # noqa: BLE001  a chain that fails to evaluate is simply not known here
+        return None
+    results = result if isinstance(result, (tuple, list)) else (result,)
+    index = next(i for i, out in enumerate(node.outputs) if out is value)
+    return np.asarray(results[index])
 
 
 def _fold_dims(dims) -> object:
@@ -645,7 +681,7 @@ def _range_length(start, limit, delta) -> int:
 
 @shape_rule("Range")
 def _range_shape(node):
-    start, limit, delta = (known_array(v) for v in node.inputs[:3])
+    start, limit, delta = (static_array(v) for v in node.inputs[:3])
     dtype = node.inputs[0].dtype
     if start is None or limit is None or delta is None:
         return [TensorType(dtype, (None,))]
@@ -788,7 +824,7 @@ def resize_output_shape(node):
     unknown = (None,) * len(x.shape)
     arrays = []
     for index, value in enumerate(node.inputs[1:], start=1):
-        array = None if value is None else known_array(value)
+        array = None if value is None else static_array(value)
         roi = node.op == "Resize" and node.opset >= 11 and index == 1  # only tf_crop_and_resize reads it
         if value is not None and array is None and not roi:
             if value.shape is None or 0 not in value.shape:
