@@ -243,7 +243,9 @@ def _tensor_proto(array: np.ndarray, name: str = "") -> TensorProto:
         dtypes.to_onnx(array.dtype)
     except KeyError:
         raise ModelError(f"tensor {name!r}: dtype {array.dtype} cannot be written to ONNX") from None
-    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")  # not np.ascontiguousarray: it turns a 0-d array into 1-d
+    return numpy_helper.from_array(array, name)
 
 
 def _tensor_bytes(model: onnx.ModelProto) -> int:
