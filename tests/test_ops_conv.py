@@ -71,6 +71,17 @@ def test_conv_3d(attributes, w_shape):
     check_op("Conv", _conv_inputs((1, 3, 6, 7, 5), w_shape), attributes, consts={"w", "b"}, **TOL)
 
 
+@pytest.mark.parametrize("attributes, w_shape", [
+    ({"pads": [1, 1, 1, 1]}, (4, 6, 3, 3)),
+    ({"group": 2, "strides": [2, 1], "pads": [0, 1, 2, 1]}, (4, 3, 3, 2)),
+])
+def test_conv_in_row_chunks(monkeypatch, attributes, w_shape):
+    from circ.ops import conv
+
+    monkeypatch.setattr(conv, "IM2COL_CHUNK_BYTES", 2000)  # a few output rows per chunk
+    check_op("Conv", _conv_inputs((2, 6, 9, 10), w_shape), attributes, consts={"w", "b"}, **TOL)
+
+
 def test_conv_symbolic_batch_and_runtime_weights():
     inputs = _conv_inputs((3, 6, 9, 10), (4, 6, 3, 3))
     check_op("Conv", inputs, {"strides": [2, 2], "pads": [1, 1, 1, 1]}, consts={"b"},
