@@ -254,3 +254,91 @@ def test_random_conv_bn_graphs_keep_their_outputs(channels, groups, kernel, bias
     verify(graph)
     assert result.modified and ops(graph) == ["Conv", "Relu"]
     np.testing.assert_allclose(run(graph, feeds)["y"], before, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- the light model zoo
+
+LIGHT = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet",
+         "squeezenet", "vgg19", "zfnet512"]
+# Huge classifier weights (150-400 MB once folded): onnxruntime alone takes seconds per run, so
+# these three (which have no BatchNorm) are checked for structure only.
+STRUCTURE_ONLY = {"bvlc_alexnet", "vgg19", "zfnet512"}
+# The circ interpreter also runs these after the passes (each takes about a second or less).
+INTERPRETED = {"squeezenet", "inception_v1", "resnet50"}
+
+
+def light_path(name):
+    import os
+
+    return os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light",
+                        f"light_{name}.onnx")
+
+
+def randomize(graph, seed=0):
+    """Seeded weights instead of the zoo's constant 0.02 fills, so that folding mistakes show;
+    BatchNorm variances stay positive, weights are He-scaled to keep activations finite."""
+    rng = np.random.default_rng(seed)
+    variances = {id(n.input(4)) for n in graph.nodes if n.op == "BatchNormalization"}
+    for value in list(graph.consts.values()):
+        array = value.numpy()
+        if array.dtype.kind != "f":
+            continue
+        if id(value) in variances:
+            new = rng.uniform(0.5, 1.5, array.shape)
+        elif array.ndim >= 2:
+            new = rng.standard_normal(array.shape) * np.sqrt(2.0 * array.shape[0] / array.size)
+        else:
+            new = rng.standard_normal(array.shape) * 0.1
+        graph.set_const(value, new.astype(array.dtype))
+
+
+def run_exported(graph, feeds):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the zoo graphs carry unused initializers; ort warns
+    session = ort.InferenceSession(to_model_proto(graph).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
+@pytest.mark.parametrize("name", LIGHT)
+def test_light_model_zoo_cleanup_pipeline(name):
+    from circ.onnx_import import load_onnx
+    from passes.dce import DeadCodeElimination
+    from passes.remove_identity import RemoveIdentity
+
+    graph = load_onnx(light_path(name))
+    output_names = [v.name for v in graph.outputs]
+    ctx = PassContext()
+    ctx.current_pass = "fold_constants"
+    FoldConstants().run(graph, ctx)
+    verify(graph)
+    assert "ConstantOfShape" not in ops(graph)  # every weight is a constant now
+    weighted = [n for n in graph.nodes if n.op in ("Conv", "Gemm")]
+    assert weighted and all(n.input(1).is_const for n in weighted)
+    check_numbers = name not in STRUCTURE_ONLY
+    if check_numbers:
+        randomize(graph)
+        rng = np.random.default_rng(1)
+        feeds = {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
+        expected = run_exported(graph, feeds)
+    for cls in (RemoveIdentity, FoldBatchNorm, DeadCodeElimination):
+        ctx.current_pass = cls.name
+        cls().run(graph, ctx)
+        verify(graph)
+    assert [v.name for v in graph.outputs] == output_names
+    assert not {"Dropout", "Identity"} & set(ops(graph))
+    # BatchNorm is left only where it does not follow a layer it could fold into (DenseNet's
+    # pre-activation BatchNorms after Concat/pooling), and each such case was declined.
+    left = [n for n in graph.nodes if n.op == "BatchNormalization"]
+    for bn in left:
+        assert bn.input(0).producer.op not in ("Conv", "ConvTranspose", "Gemm")
+    assert len([d for d in ctx.declines if d.pass_name == "fold_bn"]) == len(left)
+    assert not {"Mul", "Add"} & set(ops(graph))  # the zoo's BatchNorm scale/shift folded too
+    if not check_numbers:
+        return
+    scale = max(float(np.max(np.abs(a))) for a in expected.values())
+    for outputs in [run_exported(graph, feeds)] + ([run(graph, feeds)] if name in INTERPRETED else []):
+        for key, want in expected.items():
+            np.testing.assert_allclose(outputs[key], want, rtol=1e-3, atol=1e-5 * scale)
