@@ -60,3 +60,10 @@ def test_arg(op, attrs, opset):
     x = rng.integers(0, 3, (3, 4, 5)).astype(np.float32)  # many ties, so select_last_index matters
     out = check_op(op, {"x": x}, attrs, opset=opset)
     assert out[0].dtype == np.int64
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceLogSumExp", "ReduceL2"])
+def test_empty_set_reduces_to_identity(op):
+    x = np.zeros((2, 0, 3), np.float32)
+    out = check_op(op, {"x": x, "axes": np.array([1], np.int64)}, {"keepdims": 1}, consts={"axes"}, opset=18)
+    assert out[0].shape == (2, 1, 3)

@@ -16,24 +16,40 @@ from circ.ops.registry import (
 )
 
 
+def _extreme(dtype, highest: bool):
+    """The identity of max (``highest=False``) or min over ``dtype``: what an empty set reduces to."""
+    if dtype.kind == "f":
+        return np.inf if highest else -np.inf
+    if dtype.kind == "b":
+        return highest
+    info = np.iinfo(dtype)
+    return info.max if highest else info.min
+
+
 def _logsumexp(x, axis, keepdims):
     # shift by the maximum so exp never overflows
-    peak = np.max(x, axis=axis, keepdims=True)
+    peak = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
     peak = np.where(np.isfinite(peak), peak, 0)
-    out = np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True)) + peak
+    with np.errstate(divide="ignore"):  # an empty set sums to 0, whose log is -inf
+        out = np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True)) + peak
     return out if keepdims else np.squeeze(out, axis=axis)
+
+
+def _log_sum(x, axis, keepdims):
+    with np.errstate(divide="ignore"):
+        return np.log(np.sum(x, axis=axis, keepdims=keepdims))
 
 
 _REDUCE = {
     "ReduceMean": lambda x, axis, keep: np.mean(x, axis=axis, keepdims=keep),
     "ReduceSum": lambda x, axis, keep: np.sum(x, axis=axis, keepdims=keep),
-    "ReduceMax": lambda x, axis, keep: np.max(x, axis=axis, keepdims=keep),
-    "ReduceMin": lambda x, axis, keep: np.min(x, axis=axis, keepdims=keep),
+    "ReduceMax": lambda x, axis, keep: np.max(x, axis=axis, keepdims=keep, initial=_extreme(x.dtype, False)),
+    "ReduceMin": lambda x, axis, keep: np.min(x, axis=axis, keepdims=keep, initial=_extreme(x.dtype, True)),
     "ReduceProd": lambda x, axis, keep: np.prod(x, axis=axis, keepdims=keep),
     "ReduceL1": lambda x, axis, keep: np.sum(np.abs(x), axis=axis, keepdims=keep),
     "ReduceL2": lambda x, axis, keep: np.sqrt(np.sum(np.square(x), axis=axis, keepdims=keep)),
     "ReduceSumSquare": lambda x, axis, keep: np.sum(np.square(x), axis=axis, keepdims=keep),
-    "ReduceLogSum": lambda x, axis, keep: np.log(np.sum(x, axis=axis, keepdims=keep)),
+    "ReduceLogSum": _log_sum,
     "ReduceLogSumExp": _logsumexp,
 }
 
