@@ -20,6 +20,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 
 from circ.errors import PipelineError
 from circ.passbase import Pass, builtin_registry, register_pass
@@ -37,7 +38,6 @@ def _load_entry_points() -> None:
     global _loaded_entry_points
     if _loaded_entry_points:
         return
-    _loaded_entry_points = True
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             target = entry.load()
@@ -48,6 +48,7 @@ def _load_entry_points() -> None:
         if inspect.isclass(target) and issubclass(target, Pass):
             if builtin_registry().get(target.name) is not target:
                 register_pass(target)
+    _loaded_entry_points = True  # only once all loaded: a broken plugin fails every time
 
 
 def registered_passes() -> dict[str, type]:
@@ -74,10 +75,20 @@ def load_pass_plugin(path) -> list[str]:
         spec.loader.exec_module(module)
     except Exception as err:  # the plugin's own bug, reported as the user's file at fault
         del sys.modules[module_name]
-        where = ""
-        if isinstance(err, SyntaxError) and err.lineno:
-            where = f" (line {err.lineno})"
+        line = _plugin_line(err, path)
+        where = f" (line {line})" if line else ""
         raise PipelineError(f"pass plugin {path}: cannot import{where}: "
                             f"{type(err).__name__}: {err}") from err
     after = builtin_registry()
     return [name for name, cls in after.items() if before.get(name) is not cls]
+
+
+def _plugin_line(err: BaseException, path: str):
+    """The line of the plugin file where ``err`` arose (the innermost frame in that file)."""
+    if isinstance(err, SyntaxError) and err.filename and os.path.abspath(err.filename) == os.path.abspath(path):
+        return err.lineno
+    line = None
+    for frame, lineno in traceback.walk_tb(err.__traceback__):
+        if os.path.abspath(frame.f_code.co_filename) == os.path.abspath(path):
+            line = lineno
+    return line
