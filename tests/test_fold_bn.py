@@ -97,6 +97,18 @@ def test_conv_bn_folds_for_any_group_with_and_without_bias(group, bias):
     assert set(graph.consts) == {"w", conv.input(2).name}  # the BatchNorm statistics are gone
 
 
+def test_weights_shared_by_two_convs_are_copied_not_overwritten():
+    consts = {"w": rand(3, 2, 3, 3), **bn_params("bn", 3)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), bn_node("c", "y", "bn"),
+             helper.make_node("Conv", ["x", "w"], ["z"])]
+    proto = model(nodes, {"x": [1, 2, 5, 5]}, ["y", "z"], consts)
+    graph, _ = fold_and_compare(proto, {"x": rand(1, 2, 5, 5)})
+    first, second = graph.nodes
+    assert ops(graph) == ["Conv", "Conv"]
+    assert second.input(1).name == "w" and first.input(1) is not second.input(1)
+    np.testing.assert_array_equal(second.input(1).numpy(), consts["w"])
+
+
 def test_bn_output_name_survives_when_it_is_a_graph_output_and_opset_9_works():
     consts = {"w": rand(3, 2, 1, 1), **bn_params("bn", 3)}
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), bn_node("c", "y", "bn")]

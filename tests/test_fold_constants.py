@@ -170,3 +170,25 @@ def test_random_expression_graphs_keep_their_outputs(steps, seed):
         np.testing.assert_array_equal(after[name], before[name])
     for node in graph.nodes:
         assert not all(v.is_const for v in node.inputs) or graph.is_output(node.output)
+
+
+def onnxruntime_outputs(graph, feeds):
+    import onnxruntime as ort
+
+    from circ.onnx_export import to_model_proto
+
+    session = ort.InferenceSession(to_model_proto(graph).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
+def test_folded_graphs_export_and_agree_with_onnxruntime():
+    for graph, shape in [(shape_chain("N"), (3, 3, 4, 5)), (shape_chain(2), (2, 3, 4, 5)),
+                         (constant_of_shape_weight_graph(), (1, 3, 6, 6))]:
+        feeds = {"x": np.random.default_rng(2).standard_normal(shape).astype(np.float32)}
+        before = onnxruntime_outputs(graph, feeds)
+        fold(graph)
+        after = onnxruntime_outputs(graph, feeds)
+        assert after.keys() == before.keys()
+        for name in before:
+            np.testing.assert_allclose(after[name], before[name], rtol=1e-6)

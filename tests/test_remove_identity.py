@@ -106,3 +106,27 @@ def test_dropout_that_is_not_a_no_op_is_declined(case, reason):
     assert not result.modified
     assert "Dropout" in ops(graph)
     assert len(ctx.declines) == 1 and reason in ctx.declines[0].reason
+
+
+@pytest.mark.parametrize("source", ["input", "constant", "node"])
+def test_results_export_with_the_same_output_names_and_values(source):
+    import onnxruntime as ort
+
+    from circ.onnx_export import to_model_proto
+
+    graph = Graph(opsets={"": 13})
+    x = graph.add_input("x", np.float32, (1, 3))
+    value = {"input": x, "constant": graph.add_const("c", X)}.get(source)
+    if value is None:
+        value = graph.add_node("Relu", [x]).output
+    ident = graph.add_node("Identity", [value])
+    drop = graph.add_node("Dropout", [ident.output], outputs=["y"])
+    graph.outputs.append(drop.output)
+    before = run(graph, {"x": X})["y"]
+    remove(graph)
+    # One no-op must stay to produce "y" from an input or constant: the last one, the Dropout.
+    assert [n.op for n in graph.nodes] == (["Relu"] if source == "node" else ["Dropout"])
+    session = ort.InferenceSession(to_model_proto(graph).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["y"]
+    np.testing.assert_array_equal(session.run(None, {"x": X})[0], before)
