@@ -409,3 +409,12 @@ def test_torch_dynamic_batch_export_infers_shapes(opset):
     got = Interpreter(graph).run({"x": x})
     for value, expected in zip(graph.outputs, want):
         np.testing.assert_allclose(got[value.name], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("transform", ["half_pixel", "asymmetric", "align_corners"])
+@pytest.mark.parametrize("attrs", [{}, {"cubic_coeff_a": -0.5, "exclude_outside": 1}])
+@pytest.mark.parametrize("scales", [[1, 1, 2, 2], [1, 1, 0.8, 0.6]])
+def test_resize_cubic(transform, attrs, scales):
+    check_op("Resize", {"x": f32(1, 2, 5, 5), "roi": None, "scales": np.array(scales, np.float32)},
+             {"mode": "cubic", "coordinate_transformation_mode": transform, **attrs}, consts={"scales"},
+             opset=13, rtol=1e-4, atol=1e-4)

@@ -1,6 +1,6 @@
 """Shape-manipulating ops: Reshape Flatten Transpose Concat Split Slice Squeeze Unsqueeze Gather
 Shape Size Constant ConstantOfShape Identity Dropout Pad Cast CastLike Expand Tile Range, and
-Resize/Upsample.
+Resize/Upsample (nearest, linear, cubic; not tf_crop_and_resize, not antialiased downsampling).
 
 Besides dtype and shape, the rules of the ops that torch exports use for shape arithmetic
 (Shape, Gather, Slice, Concat, Squeeze, Unsqueeze, Cast, Identity, Reshape, Constant, Range)
@@ -895,18 +895,45 @@ def _linear_axis(x, axis, coords, in_len):
     return np.take(x, low, axis=axis) * (1 - weight) + np.take(x, high, axis=axis) * weight
 
 
+def _cubic_axis(node, x, axis, coords, in_len):
+    """Keys cubic convolution over 4 taps (coefficient ``cubic_coeff_a``); taps beyond the edge
+    repeat the edge pixel, or are dropped and the rest renormalized with ``exclude_outside``."""
+    a = float(node.attrs.get("cubic_coeff_a", -0.75))
+    coords = coords.astype(np.float64)
+    base = np.floor(coords)
+    frac = coords - base
+    distances = [1 + frac, frac, 1 - frac, 2 - frac]
+    weights = []
+    for k, d in enumerate(distances):
+        if k in (1, 2):
+            weights.append(((a + 2) * d - (a + 3)) * d * d + 1)
+        else:
+            weights.append(((a * d - 5 * a) * d + 8 * a) * d - 4 * a)
+    taps = [base.astype(np.int64) + offset for offset in (-1, 0, 1, 2)]
+    if int(node.attrs.get("exclude_outside", 0)):
+        weights = [np.where((t >= 0) & (t < in_len), w, 0.0) for t, w in zip(taps, weights)]
+        total = sum(weights)
+        weights = [w / total for w in weights]
+    weight_shape = [1] * x.ndim
+    weight_shape[axis] = len(coords)
+    out = 0
+    for tap, weight in zip(taps, weights):
+        out = out + np.take(x, np.clip(tap, 0, in_len - 1), axis=axis) * weight.reshape(weight_shape)
+    return out
+
+
 def resize_array(node, x, *args):
-    """Kernel of Resize/Upsample for modes nearest and linear."""
+    """Kernel of Resize/Upsample for modes nearest, linear and cubic."""
     legacy = node.op == "Upsample" or node.opset == 10
     mode = attr_text(node, "mode", "nearest")
     mode = {"bilinear": "linear", "trilinear": "linear"}.get(mode, mode)
-    if mode not in ("nearest", "linear"):
-        raise ModelError(f"{node.describe()}: Resize mode {mode!r} is not supported (nearest and linear are)")
+    if mode not in ("nearest", "linear", "cubic"):
+        raise ModelError(f"{node.describe()}: Resize mode {mode!r} is not supported")
     if not legacy and attr_text(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
         raise ModelError(f"{node.describe()}: coordinate_transformation_mode 'tf_crop_and_resize' is not supported")
     scales, sizes = _resize_args(node, args)
     out_shape, used = _resize_plan(node, list(x.shape), scales, sizes)
-    if mode == "linear" and int(node.attrs.get("antialias", 0)) and any(s < 1 for s in used):
+    if mode != "nearest" and int(node.attrs.get("antialias", 0)) and any(s < 1 for s in used):
         raise ModelError(f"{node.describe()}: antialiased downsampling is not supported")
     out = x if mode == "nearest" else x.astype(np.float64)
     for axis, (in_len, out_len) in enumerate(zip(x.shape, out_shape)):
@@ -915,8 +942,10 @@ def resize_array(node, x, *args):
         coords = _source_coords(node, out_len, in_len, used[axis], legacy)
         if mode == "nearest":
             out = np.take(out, _nearest_indices(node, coords, in_len, used[axis], legacy), axis=axis)
-        else:
+        elif mode == "linear":
             out = _linear_axis(out, axis, coords, in_len)
+        else:
+            out = _cubic_axis(node, out, axis, coords, in_len)
     if out.dtype != x.dtype:
         out = np.rint(out) if x.dtype.kind in "iu" else out
         out = out.astype(x.dtype)
