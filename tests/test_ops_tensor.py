@@ -418,3 +418,23 @@ def test_resize_cubic(transform, attrs, scales):
     check_op("Resize", {"x": f32(1, 2, 5, 5), "roi": None, "scales": np.array(scales, np.float32)},
              {"mode": "cubic", "coordinate_transformation_mode": transform, **attrs}, consts={"scales"},
              opset=13, rtol=1e-4, atol=1e-4)
+
+
+def test_symbolic_arguments_leave_dims_unknown_instead_of_failing():
+    graph = Graph(opsets={"": 18})
+    x = graph.add_input("x", np.float32, ("N", 4))
+    batch = graph.add_node("Shape", [x], {"end": 1}).output  # contents ("N",)
+    sizes = graph.add_node("Concat", [batch, graph.add_const("two", i64([2]))], {"axis": 0}).output
+    split = graph.add_node("Split", [x, sizes], {"axis": 0}, outputs=2)
+    assert [o.shape for o in split.outputs] == [(None, 4), (None, 4)]
+    ends = graph.add_node("Slice", [x, graph.add_const("s", i64([1])), batch]).output
+    assert ends.shape == (None, 4)
+    tiled = graph.add_node("Tile", [x, graph.add_node("Concat", [batch, graph.add_const("one", i64([1]))],
+                                                      {"axis": 0}).output]).output
+    assert tiled.shape == (None, 4)
+    filled = graph.add_node("ConstantOfShape", [sizes]).output
+    assert filled.shape == ("N", 2)
+    steps = graph.add_node("Range", [graph.add_const("zero", np.array(0, I64)),
+                                     graph.add_node("Squeeze", [batch]).output,
+                                     graph.add_const("step", np.array(1, I64))]).output
+    assert steps.shape == (None,)

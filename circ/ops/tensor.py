@@ -441,8 +441,9 @@ def _split_shape(node):
         return [TensorType(x.dtype, None) for _ in range(n)]
     axis = normalize_axis(int(node.attrs.get("axis", 0)), len(x.shape))
     split = attr_or_input(node, "split", 1)
-    if split is None and node.input(1) is not None:
-        sizes = None  # an input whose value is unknown
+    if split is None and node.input(1) is not None or split is not None and any(
+            isinstance(s, str) for s in split):
+        sizes = None  # an input whose value is unknown, or symbolic
     else:
         sizes = _split_sizes(node, x.shape[axis], split)
     if sizes is not None and len(sizes) != n:
@@ -508,6 +509,24 @@ def _sliced_length(dim, start, end, step) -> object:
     return None
 
 
+def _sliced_axes_unknown(node, shape):
+    """``shape`` with the axes a Slice of unknown extent touches set to None (all, if unsure)."""
+    axes = node.attrs.get("axes")
+    if axes is None and node.input(3) is not None:
+        axes = known_ints(node.input(3))
+    if axes is None and node.input(3) is None:
+        starts = node.attrs.get("starts")
+        count = len(starts) if starts is not None else None
+        start_shape = node.input(1).shape if node.input(1) is not None else None
+        if count is None and start_shape is not None and len(start_shape) == 1:
+            count = start_shape[0] if isinstance(start_shape[0], int) else None
+        axes = None if count is None else list(range(count))
+    if axes is None or any(not isinstance(a, int) for a in axes):
+        return (None,) * len(shape)
+    touched = {normalize_axis(a, len(shape)) for a in axes}
+    return tuple(None if i in touched else d for i, d in enumerate(shape))
+
+
 @shape_rule("Slice")
 def _slice_shape(node):
     x = node.inputs[0]
@@ -515,7 +534,7 @@ def _slice_shape(node):
     if x.shape is None:
         return [TensorType(x.dtype, None)]
     if args is None or any(isinstance(v, str) for part in args if part for v in part):
-        return [TensorType(x.dtype, (None,) * len(x.shape))]
+        return [TensorType(x.dtype, _sliced_axes_unknown(node, x.shape))]
     per_axis = _slice_args(node, len(x.shape), *args)
     out = list(x.shape)
     for axis, (start, end, step) in per_axis.items():
