@@ -165,7 +165,7 @@ class _Importer:
         for node_proto in onnx_graph.node:
             all_names.update(n for n in node_proto.output if n)
         nodes = []
-        taken = set(all_names)  # node names avoid every value name: they share one namespace
+        names = _Names(all_names)  # node names avoid every value name: they share one namespace
         for index, node_proto in enumerate(onnx_graph.node):
             what = _describe_proto(node_proto, index)
             out_names = list(node_proto.output)
@@ -173,14 +173,12 @@ class _Importer:
                 out_names.pop()  # trailing omitted optional outputs
             for k, name in enumerate(out_names):
                 if not name:  # an omitted output between present ones needs a placeholder
-                    name = _fresh(f"{node_proto.op_type.lower()}_unused{k}", taken)
-                    taken.add(name)
+                    name = names.fresh(f"{node_proto.op_type.lower()}_unused{k}")
                     out_names[k] = name
                 define(name, f"output of {what}")
                 values[name] = None  # reserved; the Value is created by add_node
             attrs, raw_attrs = self._attributes(node_proto, opsets, what)
-            node_name = _fresh(node_proto.name or node_proto.op_type.lower(), taken)
-            taken.add(node_name)
+            node_name = names.fresh(node_proto.name or node_proto.op_type.lower())
             node = graph.add_node(node_proto.op_type, [], attrs, outputs=out_names, name=node_name,
                                   domain=_domain(node_proto.domain), infer=False)
             node.raw_attrs = raw_attrs
@@ -213,6 +211,7 @@ class _Importer:
 
     def _check_header(self) -> dict:
         model = self.model
+        _check_text(model)
         ir = model.ir_version
         if not model.HasField("graph") and ir == 0:
             raise ModelError("not an ONNX model (no IR version and no graph)")
@@ -402,6 +401,26 @@ class _Importer:
         raise ModelError(f"{what} has unknown attribute type {kind}")
 
 
+def _check_text(message, path: str = "model") -> None:
+    """Refuse string fields that are not UTF-8: protobuf hands them over as bytes, which
+    would break every later step. Walks messages only; tensor payloads are never inspected."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING:
+            items = value if _is_repeated(field) else [value]
+            if any(not isinstance(item, str) for item in items):
+                raise ModelError(f"{path}.{field.name} is not valid UTF-8 text")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in (value if _is_repeated(field) else [value]):
+                _check_text(item, f"{path}.{field.name}")
+
+
+def _is_repeated(field) -> bool:
+    repeated = getattr(field, "is_repeated", None)  # newer protobuf; `label` is deprecated there
+    return repeated if repeated is not None else field.label == field.LABEL_REPEATED
+
+
 def _attribute_type(attribute) -> Optional[int]:
     """The attribute's type; very old files leave ``type`` unset, so fall back to the field
     that holds a value."""
@@ -445,14 +464,23 @@ def _describe_proto(node_proto, index: int) -> str:
     return f"{node_proto.op_type} node {name}"
 
 
-def _fresh(base: str, taken: set) -> str:
-    """``base``, or ``base_1``, ``base_2``, ... whichever is not in ``taken``."""
-    if base not in taken:
-        return base
-    k = 1
-    while f"{base}_{k}" in taken:
-        k += 1
-    return f"{base}_{k}"
+class _Names:
+    """Fresh names: ``base``, else ``base_1``, ``base_2``, ... avoiding everything taken.
+    Remembers the last suffix per base so thousands of unnamed Conv nodes stay linear."""
+
+    def __init__(self, taken):
+        self.taken = set(taken)
+        self.next_suffix: dict[str, int] = {}
+
+    def fresh(self, base: str) -> str:
+        name = base
+        k = self.next_suffix.get(base, 1)
+        while name in self.taken:
+            name = f"{base}_{k}"
+            k += 1
+        self.next_suffix[base] = k
+        self.taken.add(name)
+        return name
 
 
 def _in_order(graph: Graph) -> bool:
