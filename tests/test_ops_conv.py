@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from circ.errors import ModelError
@@ -170,3 +170,26 @@ def test_conv_transpose_1d_and_3d(opset):
 def test_conv_transpose_symbolic_batch():
     inputs = _conv_inputs((2, 4, 5, 5), (4, 3, 3, 3), bias=False)
     check_op("ConvTranspose", inputs, {"strides": [2, 2]}, consts={"w"}, batch_symbolic=True, **TOL)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_conv_transpose_matches_onnxruntime_on_random_configs(data):
+    rank = data.draw(st.integers(1, 2), label="spatial rank")
+    group = data.draw(st.sampled_from([1, 2]), label="group")
+    per_group_in = data.draw(st.integers(1, 3), label="channels per group")
+    per_group_out = data.draw(st.integers(1, 3), label="outputs per group")
+    kernel = [data.draw(st.integers(1, 3)) for _ in range(rank)]
+    dilations = [data.draw(st.integers(1, 2)) for _ in range(rank)]
+    strides = [data.draw(st.integers(1, 3)) for _ in range(rank)]
+    extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    attributes = {"group": group, "strides": strides, "dilations": dilations,
+                  "output_padding": [data.draw(st.integers(0, s - 1)) for s in strides],
+                  "pads": [data.draw(st.integers(0, e - 1)) for e in extents * 2]}
+    sizes = [data.draw(st.integers(1, 6)) for _ in range(rank)]
+    pads = attributes["pads"]
+    assume(all(s * (n - 1) + p + e - pads[i] - pads[i + rank] >= 1 for i, (s, n, p, e) in
+               enumerate(zip(strides, sizes, attributes["output_padding"], extents))))
+    inputs = _conv_inputs([data.draw(st.integers(1, 2)), group * per_group_in] + sizes,
+                          [group * per_group_in, per_group_out] + kernel, bias=False)
+    check_op("ConvTranspose", inputs, attributes, consts={"w"}, **TOL)

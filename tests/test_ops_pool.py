@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from circ.errors import ModelError
 from circ.graph import Graph
@@ -115,3 +117,26 @@ def test_pool_shape_keeps_unknown_dims_unknown():
     assert node.output.shape == ("N", 8, None, 16)
     gap = graph.add_node("GlobalAveragePool", [node.output])
     assert gap.output.shape == ("N", 8, 1, 1)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_pools_match_onnxruntime_on_random_windows(data):
+    op = data.draw(st.sampled_from(["MaxPool", "AveragePool"]), label="op")
+    rank = data.draw(st.integers(1, 2), label="spatial rank")
+    kernel = [data.draw(st.integers(1, 3)) for _ in range(rank)]
+    strides = [data.draw(st.integers(1, 3)) for _ in range(rank)]
+    auto_pad = data.draw(st.sampled_from(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]))
+    attributes = {"kernel_shape": kernel, "strides": strides, "auto_pad": auto_pad}
+    if auto_pad == "NOTSET":
+        attributes["pads"] = [data.draw(st.integers(0, k - 1)) for k in kernel * 2]
+        attributes["ceil_mode"] = data.draw(st.integers(0, 1), label="ceil_mode")
+    if op == "AveragePool":
+        attributes["count_include_pad"] = data.draw(st.integers(0, 1), label="count_include_pad")
+    sizes = [data.draw(st.integers(k, k + 6)) for k in kernel]
+    if auto_pad.startswith("SAME"):
+        # onnxruntime refuses SAME windows whose padding would be negative (kernel < stride);
+        # circ pads zero there
+        assume(all((-(-n // s) - 1) * s + k >= n for n, s, k in zip(sizes, strides, kernel)))
+    x = rng.standard_normal([data.draw(st.integers(1, 2)), 2] + sizes).astype(np.float32)
+    check_op(op, {"x": x}, attributes)
