@@ -7,7 +7,8 @@ Kernels, fastest case first (all in the input's dtype, float32 stays float32):
 
 - 1x1 convs: a strided slice and one matmul, no im2col.
 - Depthwise convs (one input channel per group): a sum over kernel taps of shifted slices times
-  per-channel weights, so memory stays at the size of the output.
+  per-channel weights, so memory stays at the size of the output. With one stride on all
+  axes the slices are taken from the flattened image, one long slice per tap.
 - Everything else: im2col as a strided view (``as_strided``), copied once into a
   ``(batch, groups, channels*taps, pixels)`` matrix and multiplied by the weights in one
   batched matmul, so BLAS does the work.
@@ -285,11 +286,12 @@ def _depthwise(padded, w, win, group):
     multiplier = w.shape[0] // group
     out = np.zeros((batch, group, multiplier) + win.out_dims, dtype=padded.dtype)
     scratch = np.empty_like(out)
-    weights = w.reshape((group, multiplier, 1) + win.kernel)
+    weights = w.reshape((group, multiplier) + win.kernel)
+    spatial_ones = (1,) * len(win.kernel)
     for tap in itertools.product(*(range(k) for k in win.kernel)):
         piece = padded[tap_slices(win, tap)][:, :, None]
-        weight = weights[(slice(None), slice(None), 0) + tap]
-        np.multiply(piece, weight.reshape(weight.shape + (1,) * len(win.kernel)), out=scratch)
+        weight = weights[(slice(None), slice(None)) + tap].reshape((group, multiplier) + spatial_ones)
+        np.multiply(piece, weight, out=scratch)
         out += scratch
     return out.reshape((batch, group * multiplier) + win.out_dims)
 
