@@ -16,7 +16,8 @@ Use :class:`Zoo` (one per test session or benchmark run) to build each file once
 
 Every builder has the signature ``build(directory: Path) -> Path``; ``BUILDERS`` maps model
 names to builders, and the tuples ``TORCH_MODELS``, ``SKLEARN_MODELS`` and ``LIGHT_MODELS``
-list the names per family.
+list the names per family. Each light model also has a ``<name>_batched`` variant whose batch
+axis is symbolic (used by the benchmark and for one batched test).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """The model's real inputs (old models also list initializers as inputs)."""
     initializers = {t.name for t in model.graph.initializer}
     return [v for v in model.graph.input if v.name not in initializers]
+
+
+def uses_external_data(path) -> bool:
+    """Whether the ONNX file at ``path`` keeps any initializer in an external file."""
+    model = onnx.load(str(path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def has_dynamic_batch(model: onnx.ModelProto) -> bool:
@@ -614,15 +621,46 @@ def _fan_in(node: onnx.NodeProto, shape) -> int:
     return int(shape[0])  # MatMul: (K, N)
 
 
+def make_batch_dynamic(model: onnx.ModelProto, symbol: str = "N") -> onnx.ModelProto:
+    """A copy of a batch-1 model whose batch axis is the symbol ``symbol``.
+
+    Graph inputs and outputs get ``symbol`` as their first dimension, and constant Reshape
+    shapes that start with the batch (1) start with 0 instead ("copy this dimension from the
+    input", the Reshape default), which is what the model zoo's Caffe2 exports need.
+    Intermediate ``value_info`` is dropped since its batch-1 shapes no longer hold.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    for value in [*graph_inputs(model), *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_param = symbol
+    initializers = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in initializers:
+            tensor = initializers[node.input[1]]
+            shape = numpy_helper.to_array(tensor).copy()
+            if shape.ndim == 1 and shape.size and shape[0] == 1:
+                shape[0] = 0
+                tensor.CopyFrom(numpy_helper.from_array(shape, tensor.name))
+    del graph.value_info[:]
+    return model
+
+
 EXTERNAL_DATA_BYTES = 64 << 20
 
 
-def build_light(name: str, seed: int = 0) -> Callable[[Path], Path]:
-    """A builder writing ``light_<name>`` with random weights to ``<directory>/light_<name>.onnx``."""
+def build_light(name: str, seed: int = 0, *, dynamic_batch: bool = False) -> Callable[[Path], Path]:
+    """A builder writing ``light_<name>`` with random weights to ``<directory>/light_<name>.onnx``
+    (``light_<name>_batched.onnx`` with a symbolic batch, see :func:`make_batch_dynamic`)."""
+    filename = f"light_{name}_batched.onnx" if dynamic_batch else f"light_{name}.onnx"
 
     def build(directory: Path) -> Path:
         model = randomize_weights(onnx.load(str(light_model_path(name))), seed)
-        path = directory / f"light_{name}.onnx"
+        if dynamic_batch:
+            model = make_batch_dynamic(model)
+        path = directory / filename
         # Big models (VGG-19: 570 MB) go to external data: faster to write than one huge
         # protobuf, and it exercises circ's external-data import.
         external = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
@@ -630,7 +668,7 @@ def build_light(name: str, seed: int = 0) -> Callable[[Path], Path]:
                   size_threshold=1024)
         return path
 
-    build.__name__ = f"build_light_{name}"
+    build.__name__ = f"build_{filename[:-len('.onnx')]}"
     return build
 
 
@@ -646,6 +684,7 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     **{name: globals()[f"build_{name}"] for name in SKLEARN_MODELS},
     "sk_mlp_classifier_zipmap": build_sk_mlp_classifier_zipmap,
     **{name: build_light(name[len("light_"):]) for name in LIGHT_MODELS},
+    **{f"{name}_batched": build_light(name[len("light_"):], dynamic_batch=True) for name in LIGHT_MODELS},
 }
 
 
