@@ -16,6 +16,7 @@ uses it for external-data locations, the container reader for its members.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
 from typing import Callable, Iterable, Iterator, Union
@@ -66,11 +67,12 @@ def atomic_open(path: PathLike, mode: str = "wb", *, protect: Iterable[PathLike]
     if not os.path.isdir(folder):
         raise FileWriteError(f"{path}: folder {folder} does not exist")
     temp_path, handle = _create_temp(path, folder)
+    stream = handle if mode == "wb" else io.TextIOWrapper(handle, encoding="utf-8", newline="")
     try:
-        with handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        with stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
         _copy_mode(path, temp_path)
         os.replace(temp_path, path)
     except BaseException as err:
