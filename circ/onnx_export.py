@@ -21,6 +21,7 @@ known ops.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -60,15 +61,28 @@ def save_onnx(graph: Graph, path, *, external_data: Optional[bool] = None, prote
                          f"limit; save with external_data=True")
     if check:
         _check(model, path, external_data)
-    if external_data:
-        data_name = os.path.basename(path) + ".data"
-        data_path = os.path.join(os.path.dirname(os.path.abspath(path)), data_name)
-        check_not_protected(data_path, protect)
-        with atomic_open(data_path, "wb") as handle:
-            _move_to_external(model, handle, data_name)
-    payload = model.SerializeToString()
-    with atomic_open(path, "wb", protect=protect) as handle:
-        handle.write(payload)
+    if not external_data:
+        payload = model.SerializeToString()
+        with atomic_open(path, "wb", protect=protect) as handle:
+            handle.write(payload)
+        return
+    # Two files cannot be replaced in one step: write the data first, then the model; if the
+    # model cannot be written, a data file this call created is removed again.
+    data_name = os.path.basename(path) + ".data"
+    data_path = os.path.join(os.path.dirname(os.path.abspath(path)), data_name)
+    check_not_protected(data_path, protect)
+    data_existed = os.path.exists(data_path)
+    with atomic_open(data_path, "wb") as handle:
+        _move_to_external(model, handle, data_name)
+    try:
+        payload = model.SerializeToString()
+        with atomic_open(path, "wb", protect=protect) as handle:
+            handle.write(payload)
+    except BaseException:
+        if not data_existed:
+            with contextlib.suppress(OSError):
+                os.unlink(data_path)
+        raise
 
 
 def to_model_proto(graph: Graph) -> onnx.ModelProto:

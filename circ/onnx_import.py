@@ -18,7 +18,15 @@ What the conversion does, in order:
    strings, lists, numpy arrays for tensors). Subgraph, sparse-tensor and type-proto
    attributes stay raw ``AttributeProto`` objects in ``node.raw_attrs``, written back unchanged
    on export. Unknown ops are opaque nodes whose output types come from ``value_info``.
-4. Nodes out of order are sorted (an error names a node on a cycle); shape inference runs.
+4. Nodes out of order are sorted (an error names a node on a cycle); shape inference runs,
+   and types the file declares fill in what the rules leave unknown.
+
+Value names are kept exactly. Node names share one namespace with values in circ, so an unnamed
+node is named after its op (``conv``, ``conv_1``, ...) and a node named like a value gets a
+suffix. An omitted optional output between present ones gets a placeholder name; trailing
+omitted outputs are dropped. Values that subgraph attributes (If/Loop bodies) read from the
+outer scope are not uses in circ's IR: passes must not remove them (DCE keeps opaque nodes'
+inputs only).
 
 ``graph.meta`` keeps what export needs to write the model back: ``ir_version``,
 ``producer_name``, ``producer_version``, ``domain``, ``model_version``, ``doc_string``,
