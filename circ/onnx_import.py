@@ -25,8 +25,8 @@ Value names are kept exactly. Node names share one namespace with values in circ
 node is named after its op (``conv``, ``conv_1``, ...) and a node named like a value gets a
 suffix. An omitted optional output between present ones gets a placeholder name; trailing
 omitted outputs are dropped. Values that subgraph attributes (If/Loop bodies) read from the
-outer scope are not uses in circ's IR: passes must not remove them (DCE keeps opaque nodes'
-inputs only).
+outer scope are not uses in circ's IR; :func:`implicit_inputs` lists them for passes that
+remove or rename values.
 
 ``graph.meta`` keeps what export needs to write the model back: ``ir_version``,
 ``producer_name``, ``producer_version``, ``domain``, ``model_version``, ``doc_string``,
@@ -407,6 +407,38 @@ class _Importer:
         if kind == AttributeProto.TENSORS:
             return [self.tensor_array(t, f"{what}[{i}]") for i, t in enumerate(attribute.tensors)]
         raise ModelError(f"{what} has unknown attribute type {kind}")
+
+
+def implicit_inputs(node) -> set:
+    """Names of outer-scope values that ``node``'s subgraph attributes (If branches, Loop and
+    Scan bodies, at any depth) read without declaring them: uses circ's IR does not link."""
+    names: set = set()
+    for attribute in node.raw_attrs.values():
+        for subgraph in _subgraphs(attribute):
+            names |= _free_names(subgraph)
+    return names
+
+
+def _subgraphs(attribute) -> list:
+    if attribute.type == AttributeProto.GRAPH:
+        return [attribute.g]
+    if attribute.type == AttributeProto.GRAPHS:
+        return list(attribute.graphs)
+    return []
+
+
+def _free_names(graph_proto) -> set:
+    defined = {v.name for v in graph_proto.input} | {t.name for t in graph_proto.initializer}
+    defined |= {t.values.name for t in graph_proto.sparse_initializer}
+    free = set()
+    for node_proto in graph_proto.node:
+        free |= {name for name in node_proto.input if name and name not in defined}
+        for attribute in node_proto.attribute:
+            for subgraph in _subgraphs(attribute):
+                free |= _free_names(subgraph) - defined
+        defined |= set(node_proto.output)
+    free |= {v.name for v in graph_proto.output if v.name not in defined}
+    return free
 
 
 def _check_text(message, path: str = "model") -> None:

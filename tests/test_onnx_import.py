@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from circ.errors import ModelError
 from circ.interpreter import Interpreter
 from circ.onnx_export import to_model_proto
-from circ.onnx_import import from_model_proto, load_onnx
+from circ.onnx_import import from_model_proto, implicit_inputs, load_onnx
 from circ.verifier import verify
 
 NEWEST = onnx.defs.onnx_opset_version()
@@ -145,6 +145,8 @@ def test_if_node_with_outer_scope_reference_kept_opaque_and_runs():
     graph = from_model_proto(model)
     branch = graph.node("branch")
     assert set(branch.raw_attrs) == {"then_branch", "else_branch"} and not branch.attrs
+    assert implicit_inputs(branch) == {"x", "bias"}
+    assert implicit_inputs(graph.node("branch")) >= {v.name for v in graph.consts.values() if not v.uses}
     assert graph.outputs[0].shape == (2, 3)
     again = round_trip(graph)
     assert signature(again) == signature(graph)
