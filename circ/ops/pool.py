@@ -1,18 +1,16 @@
 """Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool over any spatial rank.
 
 Windows follow the same geometry as Conv (:func:`circ.ops.conv.window`: pads, auto_pad,
-strides, dilations, ceil_mode). The kernels reduce over kernel taps, one strided slice of the
-padded input per tap, which keeps NumPy on contiguous inner loops and memory at the size of
-the output.
+strides, dilations, ceil_mode). The kernels reduce over kernel taps one spatial axis at a
+time, one strided slice of the padded input per tap, which keeps NumPy on long inner loops
+and memory at the size of the input.
 """
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
-from circ.ops.conv import Window, fit_windows, tap_slices, window
+from circ.ops.conv import Window, fit_windows, window
 from circ.ops.registry import ShapeError, TensorType, kernel, shape_rule
 
 
@@ -28,10 +26,6 @@ def _pool_window(node, in_dims) -> Window:
     if len(dims) != len(in_dims):
         raise ShapeError(f"kernel_shape {list(dims)} does not match {len(in_dims)} spatial axes")
     return window(node, in_dims, dims, ceil_mode=bool(node.attrs.get("ceil_mode", 0)))
-
-
-def _taps(win: Window):
-    return itertools.product(*(range(k) for k in win.kernel))
 
 
 @shape_rule("MaxPool", "AveragePool")
@@ -54,32 +48,37 @@ def _run_window(node, x) -> Window:
         raise ValueError(str(err)) from None
 
 
+def _reduce_windows(padded: np.ndarray, win: Window, combine) -> np.ndarray:
+    """Max or sum over every window of a padded input, one spatial axis at a time (both are
+    separable), so each axis costs ``kernel`` passes over a shrinking array instead of
+    ``prod(kernel)`` passes over the output. ``combine`` is ``np.maximum`` or ``np.add``."""
+    result = padded
+    for axis in range(len(win.kernel)):
+        stride, dilation, out = win.strides[axis], win.dilations[axis], win.out_dims[axis]
+        before = (slice(None),) * (2 + axis)
+        reduced = None
+        for tap in range(win.kernel[axis]):
+            start = tap * dilation
+            piece = result[before + (slice(start, start + (out - 1) * stride + 1, stride),)]
+            if reduced is None:
+                reduced = piece.copy()
+            else:
+                combine(reduced, piece, out=reduced)
+        result = reduced
+    return result
+
+
 @kernel("MaxPool")
 def _max_pool(node, x):
     win = _run_window(node, x)
     lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-    padded = fit_windows(x, win, lowest)
-    out = None
-    for tap in _taps(win):
-        piece = padded[tap_slices(win, tap)]
-        if out is None:
-            out = piece.copy()
-        else:
-            np.maximum(out, piece, out=out)
-    return out
+    return _reduce_windows(fit_windows(x, win, lowest), win, np.maximum)
 
 
 @kernel("AveragePool")
 def _average_pool(node, x):
     win = _run_window(node, x)
-    padded = fit_windows(x, win, 0)
-    out = None
-    for tap in _taps(win):
-        piece = padded[tap_slices(win, tap)]
-        if out is None:
-            out = piece.copy()
-        else:
-            out += piece
+    out = _reduce_windows(fit_windows(x, win, 0), win, np.add)
     include_pad = bool(node.attrs.get("count_include_pad", 0))
     out /= _window_counts(win, x.shape[2:], include_pad).astype(out.dtype)
     return out
