@@ -51,8 +51,8 @@ class FoldBatchNorm(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         rules = [
-            Rule("batchnorm_into_layer", ("BatchNormalization",), _match_bn(graph), _fold_bn),
-            Rule("affine_into_layer", ("Mul", "Div", "Add", "Sub"), _match_affine(graph), _fold_affine),
+            Rule("batchnorm_into_layer", ("BatchNormalization",), _match_bn(graph), _fold_into),
+            Rule("affine_into_layer", ("Mul", "Div", "Add", "Sub"), _match_affine(graph), _fold_into),
         ]
         count = apply_rules(graph, rules, ctx)
         return PassResult(modified=count > 0, details={"folded": count})
@@ -65,7 +65,6 @@ class Affine:
     layer: Node
     scale: Optional[np.ndarray]
     shift: Optional[np.ndarray]
-    node: Node  # the BatchNormalization / Mul / Add that disappears
 
 
 # ---------------------------------------------------------------------- matching
@@ -83,7 +82,7 @@ def _match_bn(graph: Graph):
             what = source.producer.op if source.producer is not None else "a graph input"
             return Declined(f"its input comes from {what}, not Conv/ConvTranspose/Gemm")
         problem = _layer_problem(layer, source, graph, len(scale))
-        return Declined(problem) if problem else Affine(layer, scale, shift, bn)
+        return Declined(problem) if problem else Affine(layer, scale, shift)
 
     return match
 
@@ -113,7 +112,7 @@ def _match_affine(graph: Graph):
                     problem = "the BatchNormalization output has other users"
             else:
                 problem = _layer_problem(layer, source, graph, len(vector))
-            return Declined(problem) if problem else Affine(layer, scale, shift, node)
+            return Declined(problem) if problem else Affine(layer, scale, shift)
         return None
 
     return match
@@ -183,15 +182,8 @@ def _channel_vector(constant: Value, source: Value, result: Value) -> Optional[n
 # ---------------------------------------------------------------------- rewriting
 
 
-def _fold_bn(rewriter: Rewriter, bn: Node, found: Affine) -> None:
-    _fold_into(rewriter, found)
-
-
-def _fold_affine(rewriter: Rewriter, node: Node, found: Affine) -> None:
-    _fold_into(rewriter, found)
-
-
-def _fold_into(rewriter: Rewriter, found: Affine) -> None:
+def _fold_into(rewriter: Rewriter, node: Node, found: Affine) -> None:
+    """Fold ``found`` into its layer; ``node`` (the BatchNorm, Mul, ...) disappears."""
     layer = found.layer
     if layer.op == "BatchNormalization":
         _into_batchnorm(rewriter, layer, found.scale, found.shift)
@@ -199,7 +191,7 @@ def _fold_into(rewriter: Rewriter, found: Affine) -> None:
         _into_gemm(rewriter, layer, found.scale, found.shift)
     else:
         _into_conv(rewriter, layer, found.scale, found.shift)
-    rewriter.replace_node(found.node, [layer.output] + [None] * (len(found.node.outputs) - 1))
+    rewriter.replace_node(node, [layer.output] + [None] * (len(node.outputs) - 1))
 
 
 def _into_conv(rewriter: Rewriter, conv: Node, scale, shift) -> None:
