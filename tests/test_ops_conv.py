@@ -159,7 +159,7 @@ def test_conv_transpose_2d(attributes, w_shape, batch):
     check_op("ConvTranspose", inputs, attributes, consts={"w", "b"}, **TOL)
 
 
-@pytest.mark.parametrize("opset", [9, 11, 17])
+@pytest.mark.parametrize("opset", [9, 11, 17, 22])
 def test_conv_transpose_1d_and_3d(opset):
     check_op("ConvTranspose", _conv_inputs((2, 3, 7), (3, 2, 4), bias=False),
              {"strides": [3], "pads": [1, 2]}, consts={"w"}, opset=opset, **TOL)

@@ -57,6 +57,15 @@ def test_gemm_inner_mismatch_is_refused():
         graph.add_node("Gemm", [a, b])
 
 
+def test_gemm_c_broadcasts_one_way_only():
+    graph = Graph(opsets={"": 13})
+    a = graph.add_input("a", np.float32, [1, 3])
+    b = graph.add_const("b", _randn(3, 4))
+    c = graph.add_const("c", _randn(2, 4))
+    with pytest.raises(ModelError, match="does not broadcast"):
+        graph.add_node("Gemm", [a, b, c])
+
+
 def test_gemm_symbolic_batch():
     check_op("Gemm", {"x": _randn(5, 8), "w": _randn(6, 8), "bias": _randn(6)}, {"transB": 1},
              consts={"w", "bias"}, batch_symbolic=True, **TOL)

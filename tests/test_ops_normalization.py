@@ -105,7 +105,7 @@ def test_lrn_defaults(opset):
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8), (2, 3, 5, 6), (1, 2, 3, 4, 5)])
-@pytest.mark.parametrize("opset", [9, 17])
+@pytest.mark.parametrize("opset", [9, 17, 22])
 def test_instance_norm(shape, opset):
     x = rng.standard_normal(shape).astype(np.float32) * 3 + 1
     check_op("InstanceNormalization",

@@ -24,7 +24,7 @@ WINDOWS_2D = [
 
 
 @pytest.mark.parametrize("attributes", WINDOWS_2D)
-@pytest.mark.parametrize("opset", [11, 13, 19])
+@pytest.mark.parametrize("opset", [11, 13, 22])
 def test_max_pool_2d(attributes, opset):
     x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
     check_op("MaxPool", {"x": x}, attributes, opset=opset)
@@ -74,7 +74,7 @@ def test_average_pool_2d(attributes, count_include_pad):
     check_op("AveragePool", {"x": x}, {**attributes, "count_include_pad": count_include_pad})
 
 
-@pytest.mark.parametrize("opset", [7, 9, 11, 19])
+@pytest.mark.parametrize("opset", [7, 9, 11, 19, 22])
 def test_average_pool_opsets(opset):
     x = rng.standard_normal((1, 4, 7, 7)).astype(np.float32)
     check_op("AveragePool", {"x": x},

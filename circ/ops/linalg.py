@@ -31,7 +31,9 @@ def _gemm_shape(node):
     if c is not None and c.shape is not None:
         if len(c.shape) > 2:
             raise ShapeError(f"Gemm's C must have rank 2 or less, got {c.shape}")
-        broadcast_shapes((rows, cols), c.shape)  # raises when C does not broadcast
+        # C broadcasts one way only: to the result's shape, never growing it
+        if broadcast_shapes((rows, cols), c.shape) != broadcast_shapes((rows, cols)):
+            raise ShapeError(f"Gemm's C of shape {c.shape} does not broadcast to {(rows, cols)}")
     return [TensorType(a.dtype, (rows, cols))]
 
 
