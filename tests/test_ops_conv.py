@@ -99,12 +99,15 @@ def test_conv_stays_float32_and_same_stride1_keeps_symbolic_dims():
     assert strided.output.dtype == np.float32
 
 
-def test_conv_channel_mismatch_is_a_model_error():
+def test_conv_channel_or_kernel_mismatch_is_a_model_error():
     graph = Graph(opsets={"": 17})
     x = graph.add_input("x", np.float32, [1, 5, 8, 8])
     w = graph.add_const("w", np.zeros((4, 3, 3, 3), np.float32))
     with pytest.raises(ModelError, match="Conv node .* 5 channels"):
         graph.add_node("Conv", [x, w], name="conv1")
+    x3 = graph.add_input("x3", np.float32, [1, 3, 8, 8])
+    with pytest.raises(ModelError, match="kernel_shape .* disagrees"):
+        graph.add_node("Conv", [x3, w], {"kernel_shape": [5, 5]}, name="conv2")
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -179,9 +179,16 @@ def _kernel_window(node, in_dims, kernel_dims, ceil_mode: bool = False) -> Windo
 
 
 def _conv_kernel_dims(node, weight_shape) -> Optional[tuple]:
+    """The kernel's spatial dims: the ``kernel_shape`` attribute (which must agree with the
+    weight) or the weight's trailing dims; None when neither is known."""
     dims = node.attrs.get("kernel_shape")
     if dims:
-        return tuple(int(k) for k in dims)
+        dims = tuple(int(k) for k in dims)
+        if weight_shape is not None and any(
+                isinstance(w, int) and w != k for w, k in zip(weight_shape[2:], dims)):
+            raise ShapeError(f"kernel_shape {list(dims)} disagrees with the weight's shape "
+                             f"{list(weight_shape)}")
+        return dims
     if weight_shape is None or any(not isinstance(d, (int, np.integer)) for d in weight_shape[2:]):
         return None
     return tuple(int(d) for d in weight_shape[2:])
