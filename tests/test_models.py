@@ -3,8 +3,9 @@
 For every zoo model (see ``zoo.py``): circ's interpreter must match onnxruntime on the same
 seeded input, at batch 1 and, when the batch axis is symbolic, at batch 3; the model circ
 exports must pass ``onnx.checker`` (full check) and onnxruntime on it must match circ's
-interpreter. The scikit-learn models must also predict what scikit-learn predicts on the real
-digits, and the ZipMap model must import but be refused by the interpreter, naming the node.
+interpreter. The clean-up pipeline of the README must keep every output. The scikit-learn
+models must also predict what scikit-learn predicts on the real digits, and the ZipMap model
+must import but be refused by the interpreter, naming the node.
 """
 
 from __future__ import annotations
@@ -139,6 +140,29 @@ def test_dynamic_batch_is_symbolic(runs):
     batch = graph.inputs[0].shape[0]
     assert isinstance(batch, str)
     assert graph.outputs[0].shape == (batch, 10)
+
+
+# ----------------------------------------------------------------------------- the main job
+
+CLEANUP = "fold_constants,remove_identity,fold_bn,dce"
+CLEANUP_MODELS = zoo.TORCH_MODELS + zoo.SKLEARN_MODELS + (
+    "light_resnet50", "light_densenet121", "light_shufflenet_batched")
+# Every BatchNormalization in these follows a Conv, so fold_bn must remove them all.
+BN_AFTER_CONV = {"resnet8", "mobilenet_v2", "mobilenet_v2_opset9", "shufflenet_small", "light_resnet50"}
+
+
+@pytest.mark.parametrize("name", CLEANUP_MODELS)
+def test_cleanup_pipeline_keeps_outputs(name, model_zoo, runs):
+    """The README's clean-up pipeline is exact: outputs still match onnxruntime on the original."""
+    optimized = circ.optimize(runs.graph(name), CLEANUP)
+    circ.verify(optimized)
+    assert len(optimized.nodes) <= len(runs.graph(name).nodes)
+    if name in BN_AFTER_CONV:
+        assert not [n for n in optimized.nodes if n.op == "BatchNormalization"]
+    for batch in _batches(model_zoo, name):
+        feeds = runs.feeds(name, batch)
+        expected = onnxruntime_outputs(model_zoo.path(name), feeds)
+        assert_outputs_match(circ.run(optimized, feeds), expected, f"{name} after {CLEANUP} at batch {batch}")
 
 
 # ----------------------------------------------------------------------------- scikit-learn
