@@ -3,7 +3,6 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from circ.errors import ModelError
 from circ.graph import Graph
 from opcheck import check_op
 
@@ -60,11 +59,23 @@ def test_max_pool_1d_and_3d():
              {"kernel_shape": [2, 3, 2], "strides": [2, 2, 1], "ceil_mode": 1})
 
 
-def test_max_pool_indices_output_is_refused_clearly():
-    graph = Graph(opsets={"": 13})
-    x = graph.add_input("x", np.float32, [1, 1, 4, 4])
-    with pytest.raises(ModelError, match="MaxPool node 'pool1'.*Indices"):
-        graph.add_node("MaxPool", [x], {"kernel_shape": [2, 2]}, outputs=2, name="pool1")
+@pytest.mark.parametrize("attributes", [
+    {"kernel_shape": [2, 2], "strides": [2, 2]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1], "ceil_mode": 1},
+    {"kernel_shape": [2, 3], "dilations": [2, 1], "storage_order": 1},
+    {"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER", "strides": [2, 2], "storage_order": 1},
+])
+def test_max_pool_indices(attributes):
+    x = rng.standard_normal((2, 3, 7, 8)).astype(np.float32)
+    check_op("MaxPool", {"x": x}, attributes, n_outputs=2)
+
+
+def test_max_pool_indices_1d_and_3d():
+    check_op("MaxPool", {"x": rng.standard_normal((2, 3, 11)).astype(np.float32)},
+             {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}, n_outputs=2)
+    check_op("MaxPool", {"x": rng.standard_normal((1, 2, 4, 5, 6)).astype(np.float32)},
+             {"kernel_shape": [2, 2, 3], "strides": [2, 1, 2]}, n_outputs=2)
 
 
 @pytest.mark.parametrize("attributes", WINDOWS_2D)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from circ.ops.conv import Window, fit_windows, window
+from circ.ops.conv import Window, fit_windows, window, windows_view
 from circ.ops.registry import ShapeError, TensorType, kernel, shape_rule
 
 
@@ -31,14 +31,16 @@ def _pool_window(node, in_dims) -> Window:
 @shape_rule("MaxPool", "AveragePool")
 def _pool_shape(node):
     x = node.inputs[0]
-    if node.op == "MaxPool" and len(node.outputs) > 1:
-        raise ShapeError("MaxPool's Indices output is not supported; only the pooled values")
     if x.shape is None:
-        return [TensorType(x.dtype, None)]
-    if len(x.shape) < 3:
+        shape = None
+    elif len(x.shape) < 3:
         raise ShapeError(f"{node.op} input must be (N, C, spatial...), got rank {len(x.shape)}")
-    win = _pool_window(node, x.shape[2:])
-    return [TensorType(x.dtype, x.shape[:2] + win.out_dims)]
+    else:
+        shape = x.shape[:2] + _pool_window(node, x.shape[2:]).out_dims
+    types = [TensorType(x.dtype, shape)]
+    if node.op == "MaxPool" and len(node.outputs) > 1:
+        types.append(TensorType(np.int64, shape))  # Indices
+    return types
 
 
 def _run_window(node, x) -> Window:
@@ -72,7 +74,33 @@ def _reduce_windows(padded: np.ndarray, win: Window, combine) -> np.ndarray:
 def _max_pool(node, x):
     win = _run_window(node, x)
     lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-    return _reduce_windows(fit_windows(x, win, lowest), win, np.maximum)
+    padded = fit_windows(x, win, lowest)
+    if len(node.outputs) > 1:
+        return _max_pool_with_indices(x, padded, win, int(node.attrs.get("storage_order", 0)))
+    return _reduce_windows(padded, win, np.maximum)
+
+
+def _max_pool_with_indices(x, padded, win: Window, storage_order: int):
+    """MaxPool's values and Indices: the flat index into ``x`` of each window's first
+    maximum, over (N, C, spatial...) in row-major order, or with the spatial axes in
+    column-major order when ``storage_order`` is 1."""
+    batch, channels = x.shape[:2]
+    taps = int(np.prod(win.kernel))
+    windows = windows_view(padded, win).reshape((batch, channels, taps) + win.out_dims)
+    best = windows.argmax(axis=2)
+    values = np.take_along_axis(windows, best[:, :, None], axis=2)[:, :, 0]
+    tap_coords = np.unravel_index(best, win.kernel)
+    spatial = x.shape[2:]
+    positions = []
+    for axis, coord in enumerate(tap_coords):
+        grid_shape = [1] * len(spatial)
+        grid_shape[axis] = win.out_dims[axis]
+        starts = np.arange(win.out_dims[axis]).reshape(grid_shape) * win.strides[axis]
+        positions.append(starts + coord * win.dilations[axis] - win.pads_begin[axis])
+    order = "C" if storage_order == 0 else "F"
+    within = np.ravel_multi_index(positions, spatial, order=order)
+    plane = np.arange(batch * channels).reshape(batch, channels, *([1] * len(spatial)))
+    return values, (plane * int(np.prod(spatial)) + within).astype(np.int64)
 
 
 @kernel("AveragePool")
