@@ -129,11 +129,35 @@ def summary(report: dict) -> str:
              format_table(["", "before", "after", "change"], rows)]
     if not after.get("macs_complete", True):
         lines.append("(MACs cover only the nodes whose shapes are known)")
+    if "numerics" in report:
+        lines.append(numerics_table(report))
     declines = report["declines"]
     if declines:
         lines.append(f"declined ({len(declines)}):")
         lines += [f"  {d['pass']}: {d['node']}: {d['reason']}" for d in declines]
     return "\n".join(lines)
+
+
+def numerics_table(report: dict) -> str:
+    """Per pass: the largest output change on the seeded sample (--verify-numerics)."""
+    from circ.printer import format_table
+
+    rows = []
+    for entry in report["passes"]:
+        numerics = entry.get("numerics")
+        if numerics is None:
+            continue
+        rows.append([entry["text"], "exact" if entry.get("exact", True) else "approx",
+                     _float(numerics["max_abs"]), _float(numerics["max_rel"]),
+                     "FLAGGED" if numerics["flagged"] else "ok"])
+    total = report["numerics"]
+    rows.append(["total", "", _float(total["max_abs"]), _float(total["max_rel"]), ""])
+    header = f"output change on a seeded sample (seed {total['seed']}):"
+    return header + "\n" + format_table(["pass", "kind", "max abs", "max rel", ""], rows)
+
+
+def _float(x) -> str:
+    return "inf" if x is None else f"{x:.3g}"
 
 
 def _change(before, after) -> str:
