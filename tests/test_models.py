@@ -142,6 +142,27 @@ def test_dynamic_batch_is_symbolic(runs):
     assert graph.outputs[0].shape == (batch, 10)
 
 
+def test_randomized_light_weights_are_usable():
+    """randomize_weights leaves no fills, keeps BN variances positive, is seeded, and gives
+    outputs that depend on the input (a zero or constant network would compare trivially)."""
+    source = onnx.load(str(zoo.light_model_path("shufflenet")))
+    model = zoo.randomize_weights(source, seed=0)
+    assert not [n for n in model.graph.node if n.op_type == "ConstantOfShape"]
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization":
+            assert (weights[node.input[4]] > 0).all()
+    again = zoo.randomize_weights(source, seed=0)
+    assert again.SerializeToString() == model.SerializeToString()
+    other = zoo.randomize_weights(source, seed=1)
+    assert other.SerializeToString() != model.SerializeToString()
+    first = onnxruntime_outputs(model, zoo.random_feeds(model, seed=0))
+    second = onnxruntime_outputs(model, zoo.random_feeds(model, seed=1))
+    logits = [name for name in first if name.endswith("_logits")]
+    assert logits and np.isfinite(first[logits[0]]).all()
+    assert not np.allclose(first[logits[0]], second[logits[0]], rtol=1e-2)
+
+
 # ----------------------------------------------------------------------------- the main job
 
 CLEANUP = "fold_constants,remove_identity,fold_bn,dce"
