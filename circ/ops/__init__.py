@@ -7,7 +7,9 @@
 - ``pool``          MaxPool AveragePool GlobalAveragePool GlobalMaxPool
 - ``normalization`` BatchNormalization LRN InstanceNormalization LayerNormalization
 - ``tensor``        Reshape Flatten Transpose Concat Split Slice Squeeze Unsqueeze Gather Shape
-                    Constant ConstantOfShape Identity Dropout Pad Cast Expand Tile Range ...
+                    Size Constant ConstantOfShape Identity Dropout Cast CastLike Expand Tile Range
+- ``pad``           Pad
+- ``resize``        Resize Upsample
 - ``reduce``        ReduceMean ReduceSum ReduceMax ReduceMin ArgMax ArgMin
 - ``quantize``      QuantizeLinear DequantizeLinear
 - ``ml``            the ai.onnx.ml ops that scikit-learn exports of MLPs use
@@ -18,14 +20,7 @@ exported untouched, but not run.
 
 from circ.ops.registry import OPS, OpDef, TensorType, get_op, gradient, kernel, shape_rule  # noqa: F401
 
-from circ.ops import elementwise  # noqa: F401,E402  (imports register the ops)
-
-import importlib as _importlib
-
-for _module in ("activation", "linalg", "conv", "pool", "normalization", "tensor", "reduce",
-                "quantize", "ml"):
-    try:
-        _importlib.import_module(f"circ.ops.{_module}")
-    except ModuleNotFoundError as _err:  # modules land one by one while circ is being built
-        if _err.name != f"circ.ops.{_module}":
-            raise
+# Importing the op modules registers their ops.
+from circ.ops import (  # noqa: F401,E402
+    activation, conv, elementwise, linalg, ml, normalization, pad, pool, quantize, reduce, resize, tensor,
+)
