@@ -74,3 +74,31 @@ def test_random_graphs_keep_outputs_and_lose_everything_unreachable(steps, chose
             reached.add(id(value.producer))
             work.extend(v for v in value.producer.inputs if v is not None)
     assert {id(n) for n in graph.nodes} == reached
+
+
+def test_keeps_values_read_only_by_a_subgraph():
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from circ.onnx_export import to_model_proto
+    from circ.onnx_import import from_model_proto
+
+    F = onnx.TensorProto.FLOAT
+    then_graph = helper.make_graph([helper.make_node("Add", ["x", "bias"], ["t"])], "then", [],
+                                   [helper.make_tensor_value_info("t", F, [2])])
+    else_graph = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                                   [helper.make_tensor_value_info("e", F, [2])])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+         helper.make_node("Greater", ["s", "zero"], ["c"]),
+         helper.make_node("If", ["c"], ["y"], then_branch=then_graph, else_branch=else_graph),
+         helper.make_node("Relu", ["x"], ["unused"])],
+        "g", [helper.make_tensor_value_info("x", F, [2])], [helper.make_tensor_value_info("y", F, [2])],
+        [numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+         numpy_helper.from_array(np.ones(2, np.float32), "bias"),
+         numpy_helper.from_array(np.ones(2, np.float32), "dead")])
+    g = from_model_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    DeadCodeElimination().run(g, PassContext())
+    assert "bias" in g.consts and "dead" not in g.consts
+    assert [n.op for n in g.nodes] == ["ReduceSum", "Greater", "If"]
+    onnx.checker.check_model(to_model_proto(g), full_check=True)

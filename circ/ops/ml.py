@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from circ.dtypes import FLOAT32, INT64
+from circ.dtypes import FLOAT32
 from circ.errors import ModelError
 from circ.ops.registry import ShapeError, TensorType, dim_product, kernel, shape_rule
 
