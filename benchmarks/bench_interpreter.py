@@ -33,7 +33,7 @@ import onnx
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "examples")]
 
-import circ  # noqa: E402
+import circ
 
 TARGET_RATIO = 3.0
 

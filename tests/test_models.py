@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import zoo
 
 import circ
 from circ.errors import CircError
-
-import zoo
 
 # Float32 kernels sum in different orders than onnxruntime's; 1e-4 relative plus an absolute
 # tolerance scaled to the output's magnitude covers that without hiding real errors (a wrong

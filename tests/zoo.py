@@ -25,8 +25,8 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -75,7 +75,7 @@ def _torch_export(module, example, path: Path, *, opset: int, dynamic_batch: boo
     """Export ``module`` (already in eval mode) with input name ``input``."""
     import torch
 
-    kwargs = dict(input_names=["input"], output_names=list(output_names), opset_version=opset)
+    kwargs = {"input_names": ["input"], "output_names": list(output_names), "opset_version": opset}
     if dynamo:
         if dynamic_batch:
             kwargs["dynamic_shapes"] = {"x": {0: torch.export.Dim("N", min=1, max=1024)}}
@@ -119,7 +119,7 @@ def _prepare(module, seed: int = 0):
 
 
 def _nn():
-    import torch.nn as nn
+    from torch import nn
 
     return nn
 
@@ -424,7 +424,7 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return data.data.astype(np.float32), data.target
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained_estimator(kind: str):
     """A briefly trained scikit-learn model on the digits (deterministic; cached per process).
 
