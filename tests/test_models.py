@@ -185,6 +185,33 @@ def test_cleanup_pipeline_keeps_outputs(name, model_zoo, runs):
         assert_outputs_match(circ.run(optimized, feeds), expected, f"{name} after {CLEANUP} at batch {batch}")
 
 
+def test_readme_main_job_on_example_lenet5(tmp_path, capsys):
+    """examples/build_lenet5.py then circ-opt, as the README's set-up runs them: the model
+    matches onnxruntime, and fold_constants folds its two Transposes without changing outputs."""
+    import importlib.util
+    from pathlib import Path
+
+    from circ.cli import opt
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "build_lenet5.py"
+    spec = importlib.util.spec_from_file_location("build_lenet5", script)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    source, optimized = tmp_path / "lenet5.onnx", tmp_path / "lenet5.opt.onnx"
+    assert example.main([str(source)]) == 0
+    assert opt.main(["--passes=fold_constants,dce", str(source), "-o", str(optimized)]) == 0
+    capsys.readouterr()
+
+    # pixel-like values: the model scales its input by 1/256 as Caffe's LeNet does
+    feeds = {"data": np.random.default_rng(0).uniform(0, 255, (4, 1, 28, 28)).astype(np.float32)}
+    expected = onnxruntime_outputs(source, feeds)
+    assert_outputs_match(circ.run(circ.load(source), feeds), expected, "example LeNet-5")
+    onnx.checker.check_model(str(optimized), full_check=True)
+    assert_outputs_match(onnxruntime_outputs(optimized, feeds), expected, "example LeNet-5 after circ-opt")
+    ops = [node.op_type for node in onnx.load(str(optimized)).graph.node]
+    assert "Transpose" not in ops and ops.count("MatMul") == 2
+
+
 # ----------------------------------------------------------------------------- scikit-learn
 
 
