@@ -111,15 +111,19 @@ def test_interpreter_matches_onnxruntime(name, model_zoo, runs):
 
 
 @pytest.mark.parametrize("name", IMAGE_AND_MLP_MODELS)
-def test_export_passes_checker_and_matches(name, runs, tmp_path):
+def test_export_passes_checker_and_matches(name, model_zoo, runs, tmp_path):
     exported = tmp_path / f"{name}.onnx"
     # Models that came with external data go out the same way: a 570 MB protobuf is slow to
     # write and slower for onnxruntime to parse.
-    circ.save(runs.graph(name), exported, external_data=zoo.uses_external_data(runs.zoo.path(name)))
+    circ.save(runs.graph(name), exported, external_data=zoo.uses_external_data(model_zoo.path(name)))
     onnx.checker.check_model(str(exported), full_check=True)
-    feeds = runs.feeds(name, 1)
-    assert_outputs_match(onnxruntime_outputs(exported, feeds), runs.circ_outputs(name, 1),
-                         f"{name} exported by circ")
+    # a symbolic batch stays symbolic in the exported model
+    assert zoo.has_dynamic_batch(onnx.load(str(exported), load_external_data=False)) == \
+        zoo.has_dynamic_batch(onnx.load(str(model_zoo.path(name)), load_external_data=False))
+    for batch in _batches(model_zoo, name):
+        feeds = runs.feeds(name, batch)
+        assert_outputs_match(onnxruntime_outputs(exported, feeds), runs.circ_outputs(name, batch),
+                             f"{name} exported by circ, at batch {batch}")
 
 
 def test_export_reimport_keeps_structure(runs, tmp_path):

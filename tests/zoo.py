@@ -381,6 +381,16 @@ def build_autoencoder(directory: Path) -> Path:
                          opset=13, dynamic_batch=True, output_names=("reconstruction", "coarse"))
 
 
+def build_autoencoder_opset9(directory: Path) -> Path:
+    """Opset 9: the resizes are the old Upsample op (scales as an input)."""
+    import torch
+
+    _seeded(6)
+    return _torch_export(_prepare(_autoencoder()), torch.randn(1, 3, 32, 32),
+                         directory / "autoencoder_opset9.onnx", opset=9, dynamic_batch=True,
+                         output_names=("reconstruction", "coarse"))
+
+
 def _lenet5():
     """LeNet-5 as in Caffe's MNIST example: conv 20 5x5, maxpool, conv 50 5x5, maxpool,
     fc 500, ReLU, fc 10."""
@@ -409,6 +419,18 @@ def build_mlp(directory: Path) -> Path:
         nn.Linear(64, 10), nn.LogSoftmax(dim=-1))
     return _torch_export(_prepare(model), torch.randn(1, 64), directory / "mlp.onnx",
                          opset=17, dynamic_batch=True)
+
+
+def build_mlp_opset20(directory: Path) -> Path:
+    """Opset 20: LayerNormalization and the Gelu op with ``approximate="tanh"``, softmax head."""
+    import torch
+
+    nn = _nn()
+    _seeded(9)
+    model = nn.Sequential(
+        nn.Linear(64, 128), nn.LayerNorm(128), nn.GELU(approximate="tanh"), nn.Linear(128, 10), nn.Softmax(-1))
+    return _torch_export(_prepare(model), torch.randn(1, 64), directory / "mlp_opset20.onnx",
+                         opset=20, dynamic_batch=True)
 
 
 # ----------------------------------------------------------------------------- scikit-learn
@@ -675,7 +697,8 @@ def build_light(name: str, seed: int = 0, *, dynamic_batch: bool = False) -> Cal
 # ----------------------------------------------------------------------------- registry
 
 TORCH_MODELS = ("resnet8", "resnet8_dynamo", "mobilenet_v2", "mobilenet_v2_opset9", "vgg_small",
-                "densenet_small", "shufflenet_small", "autoencoder", "lenet5", "mlp")
+                "densenet_small", "shufflenet_small", "autoencoder", "autoencoder_opset9", "lenet5",
+                "mlp", "mlp_opset20")
 SKLEARN_MODELS = ("sk_mlp_classifier", "sk_mlp_regressor", "sk_pipeline")
 LIGHT_MODELS = tuple(f"light_{name}" for name in light_model_names())
 
