@@ -53,6 +53,12 @@ class Tensor:
         raise NotImplementedError
 
     @property
+    def kept(self) -> Optional[np.ndarray]:
+        """Boolean array, True where a weight survived pruning; None when nothing was pruned.
+        Every representation keeps pruned positions at exactly zero."""
+        return None
+
+    @property
     def bits(self) -> float:
         """Bits per stored element (before entropy coding)."""
         return 8.0 * self.dtype.itemsize
@@ -73,6 +79,10 @@ class Dense(Tensor):
             self.mask = np.asarray(self.mask, dtype=bool)
             if self.mask.shape != self.array.shape:
                 raise ValueError(f"mask shape {self.mask.shape} != array shape {self.array.shape}")
+
+    @property
+    def kept(self):
+        return self.mask
 
     @property
     def shape(self):
@@ -111,6 +121,10 @@ class Clustered(Tensor):
         return self.codebook.dtype
 
     @property
+    def kept(self):
+        return self.indices >= 0 if np.any(self.indices < 0) else None
+
+    @property
     def index_bits(self) -> int:
         return max(1, int(np.ceil(np.log2(max(2, len(self.codebook))))))
 
@@ -140,6 +154,11 @@ class Quantized(Tensor):
     axis: Optional[int] = None
     num_bits: int = 8
     float_dtype: np.dtype = attrs.field(default=np.dtype("float32"), converter=np.dtype)
+    mask: Optional[np.ndarray] = None  # True = kept; pruned positions decode to exactly zero
+
+    @property
+    def kept(self):
+        return self.mask
 
     @property
     def shape(self):
@@ -164,7 +183,10 @@ class Quantized(Tensor):
         q = self.q.astype(np.float64)
         zp = self._broadcast(self.zero_point.astype(np.float64))
         scale = self._broadcast(self.scale.astype(np.float64))
-        return ((q - zp) * scale).astype(self.float_dtype)
+        out = ((q - zp) * scale).astype(self.float_dtype)
+        if self.mask is not None:
+            out[~self.mask] = 0
+        return out
 
     @property
     def storage_bytes(self) -> int:
@@ -172,4 +194,4 @@ class Quantized(Tensor):
 
     def copy(self) -> "Quantized":
         return Quantized(self.q.copy(), self.scale.copy(), self.zero_point.copy(), self.axis,
-                         self.num_bits, self.float_dtype)
+                         self.num_bits, self.float_dtype, None if self.mask is None else self.mask.copy())
