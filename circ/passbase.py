@@ -24,6 +24,7 @@ reason)`` (the reason reaches the report) and the graph is left valid.
 
 from __future__ import annotations
 
+import keyword
 import re
 from typing import Any, Callable, ClassVar, Optional
 
@@ -153,8 +154,17 @@ class Pass:
             value = getattr(self, field.name)
             if field.default is not attrs.NOTHING and _same(value, field.default):
                 continue
-            options.append(f"{field.name}={format_option(value)}")
+            options.append(f"{option_name(field)}={format_option(value)}")
         return f"{self.name}({','.join(options)})" if options else self.name
+
+
+def option_name(field: "attrs.Attribute") -> str:
+    """The name pipeline text uses for an option field: its init name, without the trailing
+    underscore that lets a Python keyword be a field (field ``global_`` is option ``global``)."""
+    name = field.alias or field.name
+    if name.endswith("_") and keyword.iskeyword(name[:-1]):
+        return name[:-1]
+    return name
 
 
 def _same(a, b) -> bool:

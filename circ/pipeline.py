@@ -30,7 +30,7 @@ from typing import Any, Iterable, Literal, Optional, Union
 import attrs
 
 from circ.errors import PipelineError
-from circ.passbase import Pass, format_option
+from circ.passbase import Pass, format_option, option_name
 
 
 @attrs.define(frozen=True)
@@ -241,6 +241,7 @@ class Option:
     default: Any  # attrs.NOTHING when required
     help: str = ""
     choices: Optional[tuple] = None
+    param: str = ""  # the keyword argument of the pass class (when it differs from ``name``)
 
     @property
     def required(self) -> bool:
@@ -277,8 +278,9 @@ def pass_options(cls: type) -> list[Option]:
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             default = default.factory() if not default.takes_self else attrs.NOTHING
         choices = field.metadata.get("choices")
-        options.append(Option(field.alias or field.name, tp, default, field.metadata.get("help", ""),
-                              tuple(choices) if choices is not None else None))
+        options.append(Option(option_name(field), tp, default, field.metadata.get("help", ""),
+                              tuple(choices) if choices is not None else None,
+                              param=field.alias or field.name))
     return options
 
 
@@ -300,9 +302,9 @@ def build_pass(cls: type, options: dict, *, name: Optional[str] = None) -> Pass:
         if option.choices is not None and value not in option.choices:
             raise PipelineError(f"option {key!r} of pass {name!r} expects {option.describe_type()}, "
                                 f"got {raw.text!r}")
-        kwargs[key] = value
+        kwargs[option.param or key] = value
     for option in known.values():
-        if option.required and option.name not in kwargs:
+        if option.required and option.name not in options:
             raise PipelineError(f"pass {name!r} needs option {option.name!r} "
                                 f"({option.describe_type()})")
     try:
