@@ -1,3 +1,4 @@
 """circ's built-in passes, one per module; importing this package registers them all."""
 
 from passes import dce, fold_bn, fold_constants, remove_identity  # noqa: F401
+from passes import binary, prune, ternary  # noqa: F401
