@@ -175,20 +175,25 @@ class Prune(Pass):
             elif self.global_:
                 pooled.append(ref)
             elif self.quality is not None:
-                keeps[id(ref)] = _keep_quality(_magnitude(ref.value.const), self.quality)
+                threshold = self.quality * _kept_std([ref.value.const])
+                keeps[id(ref)] = _magnitude(ref.value.const) >= threshold
             else:
                 keeps[id(ref)] = _keep_count(_magnitude(ref.value.const), self._target())
         if pooled:
-            magnitudes = [_magnitude(ref.value.const) for ref in pooled]
-            flat = np.concatenate([m.reshape(-1) for m in magnitudes])
+            # One flat buffer filled layer by layer: peak memory stays near one copy of the weights.
+            sizes = [ref.value.const.size for ref in pooled]
+            dtype = np.result_type(*(_magnitude_dtype(ref.value.const) for ref in pooled))
+            flat = np.empty(sum(sizes), dtype)
+            starts = np.concatenate([[0], np.cumsum(sizes)])
+            for ref, start, stop in zip(pooled, starts[:-1], starts[1:]):
+                flat[start:stop] = _magnitude(ref.value.const).reshape(-1)
             if self.quality is not None:
-                keep = _keep_quality(flat, self.quality)
+                keep = flat >= self.quality * _kept_std([ref.value.const for ref in pooled])
             else:
                 keep = _keep_count(flat, self._target())
-            start = 0
-            for ref, magnitude in zip(pooled, magnitudes):
-                keeps[id(ref)] = keep[start:start + magnitude.size].reshape(magnitude.shape)
-                start += magnitude.size
+            del flat
+            for ref, start, stop in zip(pooled, starts[:-1], starts[1:]):
+                keeps[id(ref)] = keep[start:stop].reshape(ref.value.const.shape)
         return keeps
 
     def _target(self) -> float:
@@ -209,9 +214,14 @@ def _supported(ref: WeightRef, ctx: PassContext) -> bool:
     return True
 
 
+def _magnitude_dtype(tensor: Tensor) -> np.dtype:
+    return np.result_type(tensor.dtype, np.float32)  # float16 ranks in float32; float64 stays
+
+
 def _magnitude(tensor: Tensor) -> np.ndarray:
-    """|w| as float64, with -1 at already pruned positions so they rank below every weight."""
-    magnitude = np.abs(tensor.to_numpy().astype(np.float64))
+    """|w| (float32, or float64 for float64 weights), with -1 at already pruned positions so
+    they rank below every weight."""
+    magnitude = np.abs(tensor.to_numpy()).astype(_magnitude_dtype(tensor), copy=False)
     if tensor.kept is not None:
         magnitude[~tensor.kept] = -1.0
     return magnitude
@@ -238,10 +248,21 @@ def _keep_count(magnitude: np.ndarray, sparsity: float) -> np.ndarray:
     return ~smallest(magnitude, count)
 
 
-def _keep_quality(magnitude: np.ndarray, quality: float) -> np.ndarray:
-    kept = magnitude[magnitude >= 0]
-    threshold = quality * float(np.std(kept)) if kept.size else 0.0
-    return magnitude >= threshold  # pruned positions (-1) stay pruned even at threshold 0
+def _kept_std(tensors: list[Tensor]) -> float:
+    """Standard deviation of the kept weights of ``tensors`` pooled (Han's quality rule;
+    pruned magnitudes are -1, so any threshold >= 0 keeps them pruned)."""
+    count, total, squares = 0, 0.0, 0.0
+    for tensor in tensors:
+        values = tensor.to_numpy().astype(np.float64)
+        if tensor.kept is not None:
+            values = values[tensor.kept]
+        count += values.size
+        total += float(values.sum())
+        squares += float(np.square(values).sum())
+    if count == 0:
+        return 0.0
+    mean = total / count
+    return float(np.sqrt(max(squares / count - mean * mean, 0.0)))
 
 
 def reduction_axis(ref: WeightRef) -> int:
