@@ -106,7 +106,7 @@ class Rewriter:
         array = np.asarray(array)
         if old is not None and old.const is not None and len(old.uses) == 1 \
                 and not self.graph.is_output(old):
-            mask = old.const.mask if isinstance(old.const, Dense) else None
+            mask = old.const.kept  # any representation's pruning mask (Dense, Clustered, Quantized)
             if mask is not None and (mask.shape != array.shape or np.any(array[~mask] != 0)):
                 mask = None
             self.graph.set_const(old, Dense(array, mask))
