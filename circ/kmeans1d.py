@@ -1,0 +1,393 @@
+"""Exact Lloyd's k-means for one-dimensional data, fast because the data is 1-D.
+
+In one dimension the clusters of any sorted centroid set are contiguous runs of the sorted
+data, split at the midpoints between neighbouring centroids. So the data is sorted once (equal
+values merged, with their counts or weights), and prefix sums of ``w``, ``w*x`` and ``w*x**2``
+are taken. Each Lloyd iteration then
+
+1. finds the run boundaries by binary search of the ``k - 1`` midpoints in the sorted values
+   (``np.searchsorted``), and
+2. moves every centroid to the mean of its run from two prefix-sum differences,
+
+which costs ``O(k log n)`` per iteration after the ``O(n log n)`` sort — no ``n x k``
+distance matrix. The iteration is exact Lloyd: the same assignments and means a generic
+implementation computes (ties at a midpoint go to the right-hand centroid), so the sum of
+squared errors never increases from one iteration to the next.
+
+Initialisations (Han et al., Deep Compression, ICLR 2016, section 3.2, compare the first three):
+
+- ``linear``: ``k`` points evenly spaced between the minimum and the maximum.
+- ``density``: ``k`` points evenly spaced on the (weighted) CDF, at levels
+  ``(i + 1/2) / k`` — the quantiles at the middle of ``k`` equal-mass slices.
+- ``random`` (Forgy): ``k`` distinct data points drawn without replacement, by weight.
+- ``kmeans++``: greedy D^2 sampling (Arthur & Vassilvitskii 2007; each step draws
+  ``2 + ln k`` candidates and keeps the one that lowers the potential most, as scikit-learn
+  does). In 1-D the potential of a candidate is evaluated from the prefix sums on the three
+  runs it changes, and drawing a point by D^2 is a binary search, so the whole
+  initialisation costs ``O(k log k log n)`` instead of ``O(n k)``.
+
+Empty clusters (two centroids on the same side of every point, or duplicates from the
+initialisation) are re-seeded deterministically at the data points with the largest squared
+error; that never increases the objective either. With ``k`` at least the number of distinct
+values the result is those values, exactly (inertia 0).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import attrs
+import numpy as np
+
+INITS = ("linear", "density", "random", "kmeans++")
+
+Seed = Union[int, np.random.Generator, None]
+
+
+@attrs.define
+class KMeansResult:
+    """The outcome of :func:`kmeans1d` (the best of its restarts)."""
+
+    centroids: np.ndarray  # float64, strictly increasing, at most k of them
+    inertia: float  # sum of weight * squared distance to the nearest centroid
+    init_inertia: float  # the same for the initial centroids of the returned restart
+    n_iter: int  # Lloyd iterations run (of the returned restart)
+    converged: bool  # assignments stopped changing (or the tolerance was met)
+    reseeded: int = 0  # empty clusters re-seeded (returned restart)
+
+    @property
+    def k(self) -> int:
+        return len(self.centroids)
+
+
+@attrs.define(eq=False)
+class SortedData:
+    """Distinct sorted values with their weights, and prefix sums for O(1) run statistics.
+
+    Prefix sums are taken of the values minus their weighted mean (``shift``): that keeps
+    the sums small, so the differences that give run sums lose little to cancellation.
+    """
+
+    values: np.ndarray  # float64, strictly increasing
+    weights: np.ndarray  # float64, > 0
+    shift: float
+    cum_w: np.ndarray  # length m + 1, cum_w[0] = 0
+    cum_x: np.ndarray  # of w * (x - shift)
+    cum_xx: np.ndarray  # of w * (x - shift) ** 2
+
+    @classmethod
+    def from_data(cls, x, weights=None) -> "SortedData":
+        x = np.asarray(x).reshape(-1)
+        unit = False
+        if weights is None:
+            values = np.sort(x).astype(np.float64, copy=False)
+            counts = _run_lengths(values)
+            if counts is not None:
+                values = values[np.cumsum(counts) - counts]
+                weights = counts.astype(np.float64)
+            else:
+                weights = np.ones(len(values))
+                unit = True
+        else:
+            weights = np.asarray(weights, np.float64).reshape(-1)
+            if weights.shape != x.shape:
+                raise ValueError(f"weights shape {weights.shape} != data shape {x.shape}")
+            if np.any(weights < 0) or not np.all(np.isfinite(weights)):
+                raise ValueError("weights must be finite and non-negative")
+            keep = weights > 0
+            values, inverse = np.unique(x[keep].astype(np.float64), return_inverse=True)
+            weights = np.bincount(inverse.reshape(-1), weights=weights[keep], minlength=len(values))
+        if len(values) and not np.all(np.isfinite(values[[0, -1]])):
+            raise ValueError("data must be finite (no NaN or infinity)")
+        total = float(weights.sum())
+        shift = float(np.dot(weights, values) / total) if total > 0 else 0.0
+        centred = values - shift
+        if unit:  # skip multiplying by ones: this is most of the work on big layers
+            cum_w = np.arange(len(values) + 1, dtype=np.float64)
+            weighted = centred
+        else:
+            cum_w = _prefix(weights)
+            weighted = weights * centred
+        cum_x = _prefix(weighted)
+        weighted *= centred
+        return cls(values, weights, shift, cum_w, cum_x, _prefix(weighted))
+
+    @property
+    def size(self) -> int:
+        return len(self.values)
+
+    @property
+    def total_weight(self) -> float:
+        return float(self.cum_w[-1])
+
+    def edges(self, centroids: np.ndarray) -> np.ndarray:
+        """Run boundaries (length k + 1) of sorted ``centroids``: run j is values[e[j]:e[j+1]]."""
+        middles = 0.5 * (centroids[:-1] + centroids[1:])
+        inner = np.searchsorted(self.values, middles, side="left")
+        return np.concatenate(([0], inner, [self.size]))
+
+    def run_cost(self, lo, hi, centre):
+        """Sum of w * (x - centre)^2 over values[lo:hi] (scalars or arrays), from prefix sums."""
+        c = centre - self.shift
+        w = self.cum_w[hi] - self.cum_w[lo]
+        sx = self.cum_x[hi] - self.cum_x[lo]
+        sxx = self.cum_xx[hi] - self.cum_xx[lo]
+        return np.maximum(sxx - 2.0 * c * sx + c * c * w, 0.0)
+
+    def sse(self, centroids: np.ndarray) -> float:
+        """Exact inertia of sorted ``centroids``: summed directly, not from prefix sums."""
+        if self.size == 0:
+            return 0.0
+        if len(centroids) == 0:
+            raise ValueError("no centroids")
+        nearest = np.repeat(centroids, np.diff(self.edges(centroids)))
+        residual = self.values - nearest
+        return float(np.dot(self.weights, residual * residual))
+
+    def quantile_values(self, levels: np.ndarray) -> np.ndarray:
+        """The smallest values whose weighted CDF reaches ``levels`` (fractions in [0, 1])."""
+        targets = levels * self.total_weight
+        index = np.searchsorted(self.cum_w[1:], targets, side="left")
+        return self.values[np.minimum(index, self.size - 1)]
+
+
+def _prefix(array: np.ndarray) -> np.ndarray:
+    out = np.empty(len(array) + 1)
+    out[0] = 0.0
+    np.cumsum(array, out=out[1:])
+    return out
+
+
+def _run_lengths(sorted_values: np.ndarray) -> Optional[np.ndarray]:
+    """Lengths of the runs of equal values, or None when every value is distinct."""
+    if len(sorted_values) < 2:
+        return None
+    repeats = sorted_values[1:] == sorted_values[:-1]
+    if not repeats.any():
+        return None
+    starts = np.flatnonzero(np.concatenate(([True], ~repeats)))
+    return np.diff(np.append(starts, len(sorted_values)))
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def kmeans1d(x, k: int, *, init: str = "linear", weights=None, max_iter: int = 300,
+             tol: float = 0.0, seed: Seed = 0, n_init: Optional[int] = None) -> KMeansResult:
+    """Lloyd's k-means of 1-D data ``x`` (any shape, flattened) into at most ``k`` clusters.
+
+    ``weights`` (same shape, >= 0) weight each point. Iteration stops when the assignments
+    no longer change (a fixed point: exact convergence), when the summed squared centroid
+    shift is at most ``tol`` times the data variance (``tol=0``: only the former), or after
+    ``max_iter`` iterations. ``n_init`` restarts (default 1 for the deterministic ``linear``
+    and ``density``, 3 for ``kmeans++`` and ``random``) keep the lowest inertia. The same
+    ``seed`` gives the same result. The returned objective is never above that of the
+    returned initialisation.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if max_iter < 0:
+        raise ValueError(f"max_iter must be >= 0, got {max_iter}")
+    data = x if isinstance(x, SortedData) else SortedData.from_data(x, weights)
+    if data.size <= k:  # every distinct value gets its own centroid: exact
+        return KMeansResult(data.values.copy(), 0.0, 0.0, 0, True)
+    if n_init is None:
+        n_init = 1 if init in ("linear", "density") else 3
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    best = None
+    for _ in range(max(1, n_init)):
+        start = _initial(data, k, init, rng)
+        result = lloyd(data, start, max_iter=max_iter, tol=tol)
+        if best is None or result.inertia < best.inertia:
+            best = result
+    return best
+
+
+def lloyd(data: SortedData, centroids, *, max_iter: int = 300, tol: float = 0.0) -> KMeansResult:
+    """Lloyd iterations from ``centroids`` on prepared ``data`` (see :func:`kmeans1d`)."""
+    start = np.sort(np.asarray(centroids, np.float64))
+    centres = start
+    threshold = tol * _variance(data)
+    previous = None
+    converged = False
+    reseeded = 0
+    iterations = 0
+    while iterations < max_iter:
+        edges = data.edges(centres)
+        if previous is not None and np.array_equal(edges, previous):
+            converged = True  # same runs -> same means: a fixed point
+            break
+        empty = edges[1:] == edges[:-1]
+        if empty.any():
+            centres = _reseed(data, centres, edges, empty)
+            reseeded += int(empty.sum())
+            previous = None
+            iterations += 1
+            continue
+        weight = data.cum_w[edges[1:]] - data.cum_w[edges[:-1]]
+        means = (data.cum_x[edges[1:]] - data.cum_x[edges[:-1]]) / weight + data.shift
+        # Runs are disjoint and in order, so their means are increasing; the maximum keeps
+        # rounding from ever unsorting two nearly equal neighbours.
+        means = np.maximum.accumulate(means)
+        moved = float(np.sum((means - centres) ** 2))
+        centres, previous = means, edges
+        iterations += 1
+        if threshold > 0 and moved <= threshold:
+            converged = True
+            break
+    else:
+        converged = previous is not None and np.array_equal(data.edges(centres), previous)
+    start_sse, final_sse = data.sse(start), data.sse(centres)
+    if final_sse > start_sse:  # only possible through float rounding at a fixed point
+        centres, final_sse = start, start_sse
+    return KMeansResult(centres, final_sse, start_sse, iterations, converged, reseeded)
+
+
+def assign(x, centroids) -> np.ndarray:
+    """Index of the nearest of sorted, distinct ``centroids`` for every element of ``x`` (same
+    shape); a value exactly between two centroids goes to the right-hand one, as in
+    :func:`kmeans1d`. Every centroid value maps to its own index."""
+    centroids = np.asarray(centroids)
+    x = np.asarray(x)
+    middles = 0.5 * (centroids[:-1].astype(np.float64) + centroids[1:])
+    if x.dtype.kind == "f" and x.dtype.itemsize < 8:
+        # Comparing in the data's own precision is several times faster. A rounded midpoint
+        # moves by half an ulp at most; it is kept strictly above the left centroid and at
+        # most the right one, so the centroids themselves still map to their own index.
+        left = centroids[:-1].astype(x.dtype)
+        middles = np.clip(middles.astype(x.dtype), np.nextafter(left, x.dtype.type(np.inf)),
+                          centroids[1:].astype(x.dtype))
+    return np.searchsorted(middles, x, side="right")
+
+
+def inertia(x, centroids, weights=None) -> float:
+    """Sum of (weighted) squared distances of ``x`` to the nearest of ``centroids``."""
+    data = SortedData.from_data(x, weights)
+    return data.sse(np.sort(np.asarray(centroids, np.float64)))
+
+
+# ---------------------------------------------------------------------------- initialisation
+
+
+def _initial(data: SortedData, k: int, init: str, rng: np.random.Generator) -> np.ndarray:
+    if init == "linear":
+        return np.linspace(data.values[0], data.values[-1], k)
+    if init == "density":
+        return data.quantile_values((np.arange(k) + 0.5) / k)
+    if init == "random":
+        return np.sort(data.values[_weighted_sample(data.weights, k, rng)])
+    return kmeans_plus_plus(data, k, rng)
+
+
+def _weighted_sample(weights: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` distinct indices drawn without replacement with probability ~ weight
+    (Efraimidis & Spirakis: the largest ``log(u) / w`` keys)."""
+    keys = np.log(rng.random(len(weights))) / weights
+    return np.argpartition(keys, len(keys) - count)[len(keys) - count:]
+
+
+def kmeans_plus_plus(data: SortedData, k: int, rng: np.random.Generator,
+                     trials: Optional[int] = None) -> np.ndarray:
+    """Greedy k-means++ seeds on sorted data, in increasing order (see the module docstring).
+
+    The state is the sorted centres, their runs (``edges``) and each run's cost; every
+    step draws ``trials`` candidates by D^2 and scores them all at once.
+    """
+    trials = trials or 2 + int(math.log(k))
+    first = min(int(np.searchsorted(data.cum_w[1:], rng.random() * data.total_weight, side="right")),
+                data.size - 1)
+    centres = data.values[[first]]
+    edges = np.array([0, data.size])
+    costs = np.atleast_1d(data.run_cost(0, data.size, centres[0]))
+    while len(centres) < k:
+        cumulative = np.cumsum(costs)
+        total = cumulative[-1]
+        if total <= 0:
+            break  # every point sits on a centre (not possible with more values than k)
+        targets = rng.random(trials) * total
+        runs = np.minimum(np.searchsorted(cumulative, targets, side="right"), len(costs) - 1)
+        residual = targets - np.concatenate(([0.0], cumulative))[runs]
+        drawn = _draw_in_runs(data, edges[runs], edges[runs + 1], centres[runs], residual)
+        position, split, new_costs, potential = _score(data, centres, edges, costs, total,
+                                                       data.values[drawn])
+        best = int(np.argmin(potential))
+        p = int(position[best])
+        centres = np.insert(centres, p, data.values[drawn[best]])
+        # The boundary between the two neighbours becomes the new centre's two boundaries.
+        edges = np.concatenate((edges[:p], split[:, best], edges[p + 1:]))
+        replaced = slice(max(p - 1, 0), min(p + 1, len(costs)))
+        kept = [new_costs[0, best]] if p > 0 else []
+        kept.append(new_costs[1, best])
+        if p < len(costs):
+            kept.append(new_costs[2, best])
+        costs = np.concatenate((costs[:replaced.start], kept, costs[replaced.stop:]))
+    return centres
+
+
+def _draw_in_runs(data: SortedData, lo, hi, centre, residual, fanout: int = 512) -> np.ndarray:
+    """For each run ``values[lo:hi]`` around ``centre``, the point whose D^2 cumulative
+    interval holds ``residual``: the first ``j`` with ``cost(lo, j) > residual`` (the cost
+    prefix is monotone and O(1) to evaluate from the prefix sums), found by a ``fanout``-ary
+    search vectorised over the draws — three rounds for ten million points."""
+    first, last = lo + 1, hi.copy()  # the answer j lies in [first, last]
+    steps = np.arange(1, fanout + 1)
+    while np.any(first < last):
+        span = last - first
+        probes = first[:, None] + (span[:, None] * steps) // fanout  # increasing, ends at last
+        over = data.run_cost(lo[:, None], probes, centre[:, None]) > residual[:, None]
+        hit = np.argmax(over, axis=1)
+        found = over[np.arange(len(hit)), hit]
+        # Rounding may leave no probe over the residual: then the answer is the last point.
+        new_last = np.where(found, probes[np.arange(len(hit)), hit], last)
+        before = probes[np.arange(len(hit)), np.maximum(hit - 1, 0)] + 1
+        first = np.where(found & (hit > 0), before, np.where(found, first, last))
+        last = new_last
+    return last - 1
+
+
+def _score(data: SortedData, centres, edges, costs, total, values):
+    """Potential after adding each of ``values`` as a centre: only the runs of its two
+    neighbours change, so the new potential costs O(log n) per candidate.
+
+    Returns the insertion positions, the two new boundaries (2 x n), the new costs of the
+    left neighbour, the new centre and the right neighbour (3 x n), and the potentials.
+    """
+    count = len(centres)
+    position = np.searchsorted(centres, values)
+    has_left, has_right = position > 0, position < count
+    left_index, right_index = np.maximum(position - 1, 0), np.minimum(position, count - 1)
+    left_centre, right_centre = centres[left_index], centres[right_index]
+    split_left = np.where(has_left, np.searchsorted(data.values, 0.5 * (left_centre + values)), 0)
+    split_right = np.where(has_right, np.searchsorted(data.values, 0.5 * (values + right_centre)),
+                           data.size)
+    new_left = np.where(has_left, data.run_cost(edges[left_index], split_left, left_centre), 0.0)
+    new_middle = data.run_cost(split_left, split_right, values)
+    new_right = np.where(has_right, data.run_cost(split_right, edges[right_index + 1], right_centre),
+                         0.0)
+    removed = np.where(has_left, costs[left_index], 0.0) + np.where(has_right, costs[right_index], 0.0)
+    potential = total - removed + new_left + new_middle + new_right
+    return (position, np.stack((split_left, split_right)), np.stack((new_left, new_middle, new_right)),
+            potential)
+
+
+def _reseed(data: SortedData, centres, edges, empty) -> np.ndarray:
+    """Move the centres of empty runs onto the points of largest weighted squared error."""
+    nearest = np.repeat(centres, np.diff(edges))
+    error = data.weights * (data.values - nearest) ** 2
+    count = int(empty.sum())
+    worst = np.argpartition(error, len(error) - count)[len(error) - count:]
+    # Deterministic order among equal errors: by position.
+    moved = centres.copy()
+    moved[np.flatnonzero(empty)] = data.values[np.sort(worst)]
+    return np.sort(moved)
+
+
+def _variance(data: SortedData) -> float:
+    total = data.total_weight
+    if total <= 0:
+        return 0.0
+    mean = data.cum_x[-1] / total
+    return float(data.cum_xx[-1] / total - mean * mean)
