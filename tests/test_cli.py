@@ -152,7 +152,7 @@ def test_list_and_help_pass(capsys):
     code, out, _ = call(opt, "--help-pass", "dce", capsys=capsys)
     assert code == 0 and out.startswith("dce (exact)\n\nRemove what no graph output depends on")
     code, _, err = call(opt, "--help-pass", "dcee", capsys=capsys)
-    assert_user_error(code, err, "circ-opt", "unknown pass 'dcee'; valid passes: dce,")
+    assert_user_error(code, err, "circ-opt", "unknown pass 'dcee'; valid passes: ", " dce, ")
 
 
 PLUGIN = '''
