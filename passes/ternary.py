@@ -15,7 +15,8 @@ from circ.weights import WeightRef, weight_refs
 class Ternary(Pass):
     """Ternarize Conv, ConvTranspose, Gemm and MatMul weights (TWN).
 
-    Per layer (or per output channel with ``per_channel=true``): ``delta = threshold *
+    Per layer (or per slice along the output-channel axis with ``per_channel=true``; for a
+    grouped ConvTranspose that axis holds the channels within a group): ``delta = threshold *
     mean|W|`` (TWN's approximation with ``threshold=0.7``), ``q = sign(W)`` where ``|W| >
     delta`` and 0 elsewhere, and ``alpha = mean |W|`` over ``|W| > delta`` (the scale that
     minimises ``||W - alpha q||`` for that ``q``). Stored as Quantized: ``q`` in {-1, 0, 1}

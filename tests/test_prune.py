@@ -259,6 +259,25 @@ def test_global_ranks_across_layers():
     assert result.details["sparsity"] == 0.5
 
 
+@settings(max_examples=30, deadline=None)
+@given(a_shape=st.tuples(st.integers(1, 9), st.integers(1, 9)), b_cols=st.integers(1, 9),
+       sparsity=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_global_count_is_exact_over_all_layers(a_shape, b_cols, sparsity, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-5, 6, a_shape).astype(np.float32)
+    b = rng.integers(-5, 6, (a_shape[1], b_cols)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "a"], ["h"]), helper.make_node("MatMul", ["h", "b"], ["y"])]
+    graph = from_model_proto(make_model(nodes, {"x": [1, a_shape[0]]}, ["y"], {"a": a, "b": b}))
+    run_pass(graph, Prune(sparsity=sparsity, global_=True))
+    kept = [np.ones(v.shape, bool) if weight(graph, n).kept is None else weight(graph, n).kept
+            for n, v in (("a", a), ("b", b))]
+    assert sum(np.count_nonzero(~k) for k in kept) == rounded(sparsity, a.size + b.size)
+    pruned = np.concatenate([np.abs(a)[~kept[0]], np.abs(b)[~kept[1]]])
+    survivors = np.concatenate([np.abs(a)[kept[0]], np.abs(b)[kept[1]]])
+    if pruned.size and survivors.size:
+        assert pruned.max() <= survivors.min()
+
+
 def test_global_quality_uses_one_pooled_threshold():
     rng = np.random.default_rng(5)
     a, b = rng.standard_normal((6, 6)).astype(np.float32), (3 * rng.standard_normal((6, 6))).astype(np.float32)
