@@ -62,9 +62,9 @@ class Quantize(Pass):
 
     Per-layer bit widths: ``layers=PATTERN:BITS;...`` (a pattern is what ``scope`` accepts:
     ``conv``, ``fc``, a layer or weight name or shell pattern; the first match wins; e.g.
-    ``layers=fc3:4;conv:6``), the same syntax as prune's per-layer sparsity. Already quantized weights and
-    weights that are not float32 are declined. Export writes a QDQ ONNX model (integer
-    initializers + DequantizeLinear; see :mod:`circ.onnx_export`).
+    ``layers=fc3:4;conv:6``), the syntax of prune's per-layer sparsity. Already quantized
+    weights and weights that are not float32 are declined. Export writes a QDQ ONNX model
+    (integer initializers + DequantizeLinear; see :mod:`circ.onnx_export`).
 
     Approximate: outputs change by the quantization error; ``details`` reports per layer the
     bits, the largest weight change and the signal-to-quantization-noise ratio (dB).

@@ -3,6 +3,11 @@
 ::
 
     circ-opt --passes='fold_bn,dce' model.onnx [-o out.onnx] [--report out.json]
+    circ-opt --passes=prune,quant --data calib.npz model.onnx
+
+``--data FILE.npz`` gives passes calibration arrays (input name -> array, samples along axis
+0; a single array is accepted for a one-input model): ``quant`` uses them to quantize
+activations.
 
 Without ``-o`` the result goes to ``MODEL.opt.onnx`` beside the input; the input itself is
 never overwritten. The pipeline is checked before the model is read. A before/after table
@@ -47,6 +52,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--load-pass-plugin", action="append", default=[], metavar="FILE.py",
                         help="import passes from a Python file (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed for passes and sample inputs")
+    parser.add_argument("--data", metavar="FILE.npz",
+                        help="calibration data for passes (input name -> array), e.g. for quant")
     parser.add_argument("-q", "--quiet", action="store_true", help="print no summary")
     return parser
 
@@ -87,11 +94,14 @@ def _body(argv: Sequence[str]) -> int:
     check_writable(output, protect=[model])
     if args.report:
         check_writable(args.report, protect=[model, output])
+    data = read_data(args.data) if args.data else None
 
     import circ
     from circ.fileio import atomic_write
 
     graph = circ.load(model)
+    if data is not None:
+        manager.data = match_data(args.data, data, [v.name for v in graph.inputs])
     result = manager.run(graph)
     report = dict(result.report, input=model, output=output)
     report_text = json.dumps(report, indent=2) + "\n" if args.report else None
@@ -105,6 +115,37 @@ def _body(argv: Sequence[str]) -> int:
     if not args.quiet:
         print(summary(report))
     return 0
+
+
+def read_data(path: str) -> dict:
+    """The arrays of an ``.npz`` file, name -> array."""
+    import zipfile
+
+    import numpy as np
+
+    from circ.errors import DataError
+
+    require_file(path, "an .npz file", DataError)
+    try:
+        with np.load(path, allow_pickle=False) as loaded:
+            return {name: loaded[name] for name in loaded.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, AttributeError) as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+
+
+def match_data(path: str, arrays: dict, inputs: list) -> dict:
+    """``arrays`` keyed by the graph's input names (one array fits a one-input graph)."""
+    from circ.errors import DataError
+
+    if len(inputs) == 1 and len(arrays) == 1:
+        return {inputs[0]: next(iter(arrays.values()))}
+    missing = [n for n in inputs if n not in arrays]
+    unknown = sorted(set(arrays) - set(inputs))
+    if missing or unknown:
+        problem = (f"has no array for input {missing[0]!r}" if missing
+                   else f"has array {unknown[0]!r}, which is not an input")
+        raise DataError(f"{path}: {problem}; the model's inputs are {', '.join(inputs)}")
+    return {n: arrays[n] for n in inputs}
 
 
 def _emit(text: str) -> None:
