@@ -135,6 +135,18 @@ class SortedData:
         sxx = self.cum_xx[hi] - self.cum_xx[lo]
         return np.maximum(sxx - 2.0 * c * sx + c * c * w, 0.0)
 
+    def run_mean(self, lo, hi):
+        """Weighted mean of values[lo:hi] (non-empty runs)."""
+        w = self.cum_w[hi] - self.cum_w[lo]
+        return (self.cum_x[hi] - self.cum_x[lo]) / np.maximum(w, 1e-300) + self.shift
+
+    def potential(self, centroids: np.ndarray) -> float:
+        """Inertia of sorted ``centroids`` from the prefix sums: O(k log n)."""
+        if self.size == 0:
+            return 0.0
+        edges = self.edges(centroids)
+        return float(np.sum(self.run_cost(edges[:-1], edges[1:], centroids)))
+
     def sse(self, centroids: np.ndarray) -> float:
         """Exact inertia of sorted ``centroids``: summed directly, not from prefix sums."""
         if self.size == 0:
@@ -174,7 +186,8 @@ def _run_lengths(sorted_values: np.ndarray) -> Optional[np.ndarray]:
 
 
 def kmeans1d(x, k: int, *, init: str = "linear", weights=None, max_iter: int = 300,
-             tol: float = 0.0, seed: Seed = 0, n_init: Optional[int] = None) -> KMeansResult:
+             tol: float = 0.0, seed: Seed = 0, n_init: Optional[int] = None,
+             refine: Optional[bool] = None) -> KMeansResult:
     """Lloyd's k-means of 1-D data ``x`` (any shape, flattened) into at most ``k`` clusters.
 
     ``weights`` (same shape, >= 0) weight each point. Iteration stops when the assignments
@@ -196,18 +209,30 @@ def kmeans1d(x, k: int, *, init: str = "linear", weights=None, max_iter: int = 3
         return KMeansResult(data.values.copy(), 0.0, 0.0, 0, True)
     if n_init is None:
         n_init = 1 if init in ("linear", "density") else 3
+    if refine is None:
+        refine = init in ("random", "kmeans++")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     best = None
     for _ in range(max(1, n_init)):
         start = _initial(data, k, init, rng)
         result = lloyd(data, start, max_iter=max_iter, tol=tol)
+        if refine:
+            result = swap_refine(data, result, max_iter=max_iter, tol=tol)
         if best is None or result.inertia < best.inertia:
-            best = result
-    return best
+            best, best_start = result, start
+    # The inertias so far come from prefix sums; the returned ones are summed exactly.
+    start_sse, final_sse = data.sse(best_start), data.sse(best.centroids)
+    if final_sse > start_sse:  # only possible through float rounding at a fixed point
+        return attrs.evolve(best, centroids=best_start, inertia=start_sse, init_inertia=start_sse)
+    return attrs.evolve(best, inertia=final_sse, init_inertia=start_sse)
 
 
 def lloyd(data: SortedData, centroids, *, max_iter: int = 300, tol: float = 0.0) -> KMeansResult:
-    """Lloyd iterations from ``centroids`` on prepared ``data`` (see :func:`kmeans1d`)."""
+    """Lloyd iterations from ``centroids`` on prepared ``data`` (see :func:`kmeans1d`).
+
+    The inertias of the result are computed from the prefix sums (relative error about
+    1e-12); :meth:`SortedData.sse` sums them exactly.
+    """
     start = np.sort(np.asarray(centroids, np.float64))
     centres = start
     threshold = tol * _variance(data)
@@ -240,10 +265,82 @@ def lloyd(data: SortedData, centroids, *, max_iter: int = 300, tol: float = 0.0)
             break
     else:
         converged = previous is not None and np.array_equal(data.edges(centres), previous)
-    start_sse, final_sse = data.sse(start), data.sse(centres)
-    if final_sse > start_sse:  # only possible through float rounding at a fixed point
-        centres, final_sse = start, start_sse
-    return KMeansResult(centres, final_sse, start_sse, iterations, converged, reseeded)
+    return KMeansResult(centres, data.potential(centres), data.potential(start), iterations,
+                        converged, reseeded)
+
+
+def swap_refine(data: SortedData, result: KMeansResult, *, max_iter: int = 300,
+                tol: float = 0.0, rounds: Optional[int] = None, tries: int = 8) -> KMeansResult:
+    """Local search past Lloyd's fixed point: remove a centre that costs little to lose,
+    split a run that gains much from two centres, re-run Lloyd, and keep the move if the
+    objective drops. Each round tries the ``tries`` pairs with the best estimated net gain;
+    the search ends when none improves or after ``rounds`` moves (default ``k``). Lloyd only
+    moves centres locally; this moves one across the data, which is how a fixed point is
+    left for a better one. Both costs come from the prefix sums in O(k log n)."""
+    best = result
+    for _ in range(len(result.centroids) if rounds is None else rounds):
+        improved = None
+        for trial in _swap_candidates(data, best.centroids, tries):
+            candidate = lloyd(data, trial, max_iter=max_iter, tol=tol)
+            if candidate.inertia < best.inertia * (1.0 - 1e-12):  # beyond rounding noise
+                improved = candidate
+                break
+        if improved is None:
+            break
+        best = attrs.evolve(improved, init_inertia=result.init_inertia,
+                            n_iter=best.n_iter + improved.n_iter,
+                            reseeded=best.reseeded + improved.reseeded)
+    return best
+
+
+def _swap_candidates(data: SortedData, centres, tries: int):
+    """Centre sets with one centre removed and one run split, best estimated first."""
+    count = len(centres)
+    if count < 3:
+        return
+    edges = data.edges(centres)
+    costs = data.run_cost(edges[:-1], edges[1:], centres)
+    removal = _removal_costs(data, centres, edges, costs)
+    gain, halves = _split_gains(data, centres, edges, costs)
+    drops = np.argsort(removal, kind="stable")[:tries]
+    splits = np.argsort(-gain, kind="stable")[:tries]
+    net = gain[splits][None, :] - removal[drops][:, None]
+    # The estimates assume the two moves touch separate neighbourhoods.
+    net[np.abs(drops[:, None] - splits[None, :]) <= 1] = -np.inf
+    for flat in np.argsort(-net, axis=None, kind="stable")[:tries]:
+        row, col = divmod(int(flat), len(splits))
+        if net[row, col] <= 0:
+            return
+        drop, split = int(drops[row]), int(splits[col])
+        yield np.concatenate((np.delete(centres, [drop, split]), halves[:, split]))
+
+
+def _removal_costs(data: SortedData, centres, edges, costs) -> np.ndarray:
+    """Increase of the potential when each centre is removed (its run going to its
+    neighbours, the other centres fixed)."""
+    count = len(centres)
+    index = np.arange(count)
+    has_left, has_right = index > 0, index < count - 1
+    left, right = np.maximum(index - 1, 0), np.minimum(index + 1, count - 1)
+    middle = np.searchsorted(data.values, 0.5 * (centres[left] + centres[right]))
+    split = np.where(has_left & has_right, middle, np.where(has_left, edges[index + 1], edges[index]))
+    new = (np.where(has_left, data.run_cost(edges[left], split, centres[left]), 0.0)
+           + np.where(has_right, data.run_cost(split, edges[right + 1], centres[right]), 0.0))
+    old = costs + np.where(has_left, costs[left], 0.0) + np.where(has_right, costs[right], 0.0)
+    return new - old
+
+
+def _split_gains(data: SortedData, centres, edges, costs):
+    """Decrease of each run's cost when split at its centre into two halves with centres at
+    their means; returns the gains and the two new centres per run (2 x k)."""
+    lo, hi = edges[:-1], edges[1:]
+    cut = np.clip(np.searchsorted(data.values, centres), lo + 1, np.maximum(hi - 1, lo + 1))
+    single = hi - lo < 2
+    cut = np.where(single, hi, cut)
+    first, second = data.run_mean(lo, cut), data.run_mean(cut, hi)
+    second = np.where(single, first, second)
+    gain = costs - data.run_cost(lo, cut, first) - np.where(single, 0.0, data.run_cost(cut, hi, second))
+    return np.where(single, 0.0, gain), np.stack((first, second))
 
 
 def assign(x, centroids) -> np.ndarray:

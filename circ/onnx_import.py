@@ -99,12 +99,15 @@ def load_onnx(path, *, infer_shapes: bool = True,
 
 def from_model_proto(model: onnx.ModelProto, base_dir: Optional[str] = None, *,
                      infer_shapes: bool = True, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
-                     source: Optional[str] = None) -> Graph:
+                     source: Optional[str] = None, constants: Optional[dict] = None) -> Graph:
     """Convert an in-memory ``ModelProto``. ``base_dir`` is the folder external data is
     resolved against (a model with external data and no ``base_dir`` is refused);
-    ``source`` names the model in error messages."""
+    ``source`` names the model in error messages. ``constants`` (name -> Tensor) are
+    initializers kept outside the proto (the ``.circ`` container): they become the graph's
+    first constants, in that order, ahead of the proto's own initializers."""
     source = source or "<in-memory ONNX model>"
     importer = _Importer(model, base_dir, source, max_tensor_bytes)
+    importer.constants = constants or {}
     try:
         return importer.build(infer_shapes)
     except CircError as err:
@@ -137,6 +140,7 @@ class _Importer:
         self.base_dir = base_dir
         self.source = source
         self.max_tensor_bytes = max_tensor_bytes
+        self.constants: dict = {}
 
     # ------------------------------------------------------------------ the steps
     def build(self, infer_shapes: bool) -> Graph:
@@ -157,6 +161,10 @@ class _Importer:
             raise ModelError(f"sparse initializer {onnx_graph.sparse_initializer[0].values.name!r} "
                              f"is not supported")
         initializer_names = set()
+        for name, tensor in self.constants.items():
+            define(name, f"constant {name!r}")
+            values[name] = graph.add_const(name, tensor)
+            initializer_names.add(name)
         for tensor in onnx_graph.initializer:
             define(tensor.name, f"initializer {tensor.name!r}")
             array = self.tensor_array(tensor, f"initializer {tensor.name!r}")

@@ -1,4 +1,4 @@
-"""The code in docs/ runs: the example pass of docs/passes.md works as described."""
+"""The code in docs/ runs: the example pass of docs/writing-passes.md works as described."""
 
 import re
 import subprocess
