@@ -153,9 +153,12 @@ def test_compressed_constants_are_written_decoded():
     model = to_model_proto(graph)
     onnx.checker.check_model(model, full_check=True)
     arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for name in ("pruned", "clustered", "quantized"):
+    for name in ("pruned", "clustered"):
         np.testing.assert_array_equal(arrays[name], graph.consts[name].numpy())
         assert arrays[name].dtype == np.float32
+    # Quantized constants are written as QDQ: integers decoded by DequantizeLinear (test_quant.py).
+    np.testing.assert_array_equal(arrays["quantized_quantized"], quantized.q)
+    assert [n.op_type for n in model.graph.node if "quantized" in n.output] == ["DequantizeLinear"]
     feeds = {"x": np.float32([[1, 2, 3, 4]])}
     np.testing.assert_allclose(run_onnxruntime(model, feeds)[0], Interpreter(graph).run(feeds)[h.name], rtol=1e-6)
 
