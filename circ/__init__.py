@@ -30,14 +30,23 @@ __all__ = [
 
 
 def load(path, **options) -> Graph:
-    """Load a model file (``.onnx``; ``.circ`` once the container lands) into a Graph."""
+    """Load a model file into a Graph: a ``.circ`` container (by its suffix), else ONNX."""
+    from circ.container import is_circ_path, load_circ
+
+    if is_circ_path(path):
+        return load_circ(path, **options)
     from circ.onnx_import import load_onnx
 
     return load_onnx(path, **options)
 
 
-def save(graph: Graph, path, **options) -> None:
-    """Write ``graph`` as ONNX to ``path`` (atomically: a temporary file, then a rename)."""
+def save(graph: Graph, path, **options):
+    """Write ``graph`` to ``path`` atomically: a ``.circ`` container (by its suffix; returns
+    what went where, :class:`circ.container.CircInfo`), else ONNX."""
+    from circ.container import is_circ_path, save_circ
+
+    if is_circ_path(path):
+        return save_circ(graph, path, **options)
     from circ.onnx_export import save_onnx
 
     save_onnx(graph, path, **options)

@@ -4,3 +4,4 @@ from passes import dce, fold_bn, fold_constants, remove_identity  # noqa: F401
 from passes import binary, prune, ternary  # noqa: F401
 from passes import quant  # noqa: F401
 from passes import cluster  # noqa: F401
+from passes import huffman  # noqa: F401
