@@ -312,3 +312,51 @@ def _read_mask(source: Reader, shape: tuple) -> Optional[np.ndarray]:
     count = count_elements(shape)
     packed = np.frombuffer(source.raw((count + 7) // 8, "mask"), np.uint8)
     return np.unpackbits(packed, count=count).astype(bool).reshape(shape)
+
+
+# ---------------------------------------------------------------------------- size report
+
+
+def compression_report(graph: Graph, info: CircInfo) -> dict:
+    """Deep Compression's per-layer table for a written container.
+
+    One row per layer weight (:func:`circ.weights.weight_refs`): weights, kept %, bits per kept
+    weight of the weight values and of the position index (each stream with its table),
+    bytes of its section in the file, and the ratio to float32 (4 bytes per weight). The
+    total compares the file size with the original float32 model: every parameter (weights,
+    biases, other float constants, as counted by :mod:`circ.analysis.stats`) at 4 bytes.
+    """
+    from circ.analysis.stats import is_parameter
+    from circ.weights import weight_refs
+
+    section_bytes = info.tensor_bytes()
+    rows = []
+    for ref in weight_refs(graph):
+        tensor = ref.value.const
+        kept_mask = tensor.kept
+        kept = tensor.size if kept_mask is None else int(kept_mask.sum())
+        weight_bits, index_bits = _stored_bits(tensor, kept)
+        size = section_bytes[ref.value.name]
+        rows.append({"layer": ref.name, "weights": tensor.size, "kept": kept,
+                     "weight_bits": weight_bits, "index_bits": index_bits, "bytes": size,
+                     "ratio": 4.0 * tensor.size / size if size else None})
+    params = sum(v.const.size for v in graph.consts.values() if is_parameter(v))
+    baseline = 4 * params
+    return {"file_bytes": info.file_bytes, "params": params, "baseline_bytes": baseline,
+            "ratio": baseline / info.file_bytes if info.file_bytes else None,
+            "other_bytes": info.file_bytes - sum(r["bytes"] for r in rows), "layers": rows}
+
+
+def _stored_bits(tensor: Tensor, kept: int) -> tuple[float, float]:
+    """Bits per kept weight of the stored values and of the stored positions."""
+    kept = max(kept, 1)
+    if isinstance(tensor, Coded):
+        return tensor.weight_bits / kept, tensor.position_bits / kept
+    mask_bits = tensor.size / kept if tensor.kept is not None else 0.0
+    if isinstance(tensor, (Clustered, Quantized)):
+        values = tensor.indices if isinstance(tensor, Clustered) else tensor.q
+        span = int(values.max()) - int(values.min()) if values.size else 0
+        width = max(1, span.bit_length())
+        # pruned indices are stored too (as -1), so their bits count against the kept ones
+        return width * tensor.size / kept, mask_bits if isinstance(tensor, Quantized) else 0.0
+    return 8.0 * tensor.dtype.itemsize * tensor.size / kept, mask_bits

@@ -1,8 +1,10 @@
-"""circ-opt: run a pass pipeline on an ONNX model.
+"""circ-opt: run a pass pipeline on an ONNX model (or a .circ container).
 
 ::
 
     circ-opt --passes='fold_bn,dce' model.onnx [-o out.onnx] [--report out.json]
+    circ-opt --passes='prune(sparsity=0.9),cluster,huffman' model.onnx -o model.circ
+    circ-opt model.circ -o model.onnx
     circ-opt --passes=prune,quant --data calib.npz model.onnx
 
 ``--data FILE.npz`` gives passes calibration arrays (input name -> array, samples along axis
@@ -10,7 +12,8 @@
 activations.
 
 Without ``-o`` the result goes to ``MODEL.opt.onnx`` beside the input; the input itself is
-never overwritten. The pipeline is checked before the model is read. A before/after table
+never overwritten. An output named ``*.circ`` is a container (docs/circ-format.md) and the
+summary then adds Deep Compression's per-layer size table. The pipeline is checked before the model is read. A before/after table
 (params, non-zeros, bytes, MACs, nodes) is printed unless ``-q``; ``--report`` writes the
 same figures, every pass's record and the printed pipeline as JSON. Instrument output
 (``--print-ir-after``, ``--time-passes``, ``--pass-stats``) goes to stdout as it happens,
@@ -37,7 +40,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--passes", default="", metavar="PIPELINE",
                         help="passes to run, e.g. 'prune(sparsity=0.9,scope=fc),dce'")
     parser.add_argument("-o", "--output", metavar="OUT.onnx",
-                        help="where to write the result (default: MODEL.opt.onnx)")
+                        help="where to write the result: ONNX, or a .circ container when the "
+                             "name ends in .circ (default: MODEL.opt.onnx)")
     parser.add_argument("--report", metavar="OUT.json", help="write the run's report as JSON")
     parser.add_argument("--list-passes", action="store_true", help="list the registered passes")
     parser.add_argument("--help-pass", metavar="NAME", help="describe one pass and its options")
@@ -59,9 +63,9 @@ def build_parser() -> ArgumentParser:
 
 
 def default_output(model: str) -> str:
-    """``dir/net.onnx`` -> ``dir/net.opt.onnx``."""
+    """``dir/net.onnx`` (or ``net.circ``) -> ``dir/net.opt.onnx``."""
     root, ext = os.path.splitext(model)
-    return (root if ext.lower() == ".onnx" else model) + ".opt.onnx"
+    return (root if ext.lower() in (".onnx", ".circ") else model) + ".opt.onnx"
 
 
 def _body(argv: Sequence[str]) -> int:
@@ -89,7 +93,7 @@ def _body(argv: Sequence[str]) -> int:
         verify_numerics=args.verify_numerics, seed=args.seed, emit=_emit)
 
     model = args.model
-    require_file(model, "an ONNX model", ModelError)
+    require_file(model, "an ONNX model or .circ container", ModelError)
     output = args.output or default_output(model)
     check_writable(output, protect=[model])
     if args.report:
@@ -106,7 +110,12 @@ def _body(argv: Sequence[str]) -> int:
     report = dict(result.report, input=model, output=output)
     report_text = json.dumps(report, indent=2) + "\n" if args.report else None
 
-    circ.save(graph, output, protect=[model])
+    saved = circ.save(graph, output, protect=[model])
+    if saved is not None:  # a .circ container: Deep Compression's per-layer size table
+        from circ.container import compression_report
+
+        report["container"] = compression_report(graph, saved)
+        report_text = json.dumps(report, indent=2) + "\n" if args.report else None
     if report_text is not None:
         atomic_write(args.report, report_text, protect=[model, output])
 
@@ -114,6 +123,8 @@ def _body(argv: Sequence[str]) -> int:
         warning(PROG, message)
     if not args.quiet:
         print(summary(report))
+        if "container" in report:
+            print(size_table(report["container"]))
     return 0
 
 
@@ -177,6 +188,32 @@ def summary(report: dict) -> str:
         lines.append(f"declined ({len(declines)}):")
         lines += [f"  {d['pass']}: {d['node']}: {d['reason']}" for d in declines]
     return "\n".join(lines)
+
+
+def size_table(container: dict) -> str:
+    """Deep Compression's per-layer table (Han et al. 2016, Table 2) for a written .circ."""
+    from circ.printer import format_count, format_table
+
+    rows = []
+    for row in container["layers"]:
+        kept = 100.0 * row["kept"] / row["weights"] if row["weights"] else 0.0
+        rows.append([row["layer"], format_count(row["weights"]), f"{kept:.1f}%",
+                     f"{row['weight_bits']:.2f}", f"{row['index_bits']:.2f}",
+                     format_count(row["bytes"]), _ratio(row["ratio"])])
+    rows.append(["(other)", "", "", "", "", format_count(container["other_bytes"]), ""])
+    rows.append(["total", format_count(container["params"]), "", "", "",
+                 format_count(container["file_bytes"]), _ratio(container["ratio"])])
+    headers = ["layer", "weights", "kept", "weight bits", "index bits", "bytes", "ratio"]
+    return "\n".join([
+        "container size per layer (bits per kept weight; ratio vs float32 = 4 bytes per weight):",
+        format_table(headers, rows),
+        f"(other): graph, biases, small constants, framing. Total ratio: file size vs the "
+        f"float32 model, {format_count(container['params'])} params x 4 = "
+        f"{format_count(container['baseline_bytes'])} bytes."])
+
+
+def _ratio(x) -> str:
+    return "?" if x is None else f"{x:.1f}x"
 
 
 def numerics_table(report: dict) -> str:
