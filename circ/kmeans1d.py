@@ -471,15 +471,15 @@ def _score(data: SortedData, centres, edges, costs, total, values):
 
 
 def _reseed(data: SortedData, centres, edges, empty) -> np.ndarray:
-    """Move the centres of empty runs onto the points of largest weighted squared error."""
+    """Move the centres of empty runs onto the points of largest weighted squared error.
+    Points already on a centre (error 0) are never chosen: when fewer points than empty
+    centres are off-centre (more centres than distinct values), the rest are dropped."""
     nearest = np.repeat(centres, np.diff(edges))
     error = data.weights * (data.values - nearest) ** 2
-    count = int(empty.sum())
+    count = min(int(empty.sum()), len(error))
     worst = np.argpartition(error, len(error) - count)[len(error) - count:]
-    # Deterministic order among equal errors: by position.
-    moved = centres.copy()
-    moved[np.flatnonzero(empty)] = data.values[np.sort(worst)]
-    return np.sort(moved)
+    worst = worst[error[worst] > 0]
+    return np.sort(np.concatenate((centres[~empty], data.values[worst])))
 
 
 def _variance(data: SortedData) -> float:
