@@ -5,3 +5,4 @@ from passes import binary, prune, ternary  # noqa: F401
 from passes import quant  # noqa: F401
 from passes import cluster  # noqa: F401
 from passes import huffman  # noqa: F401
+from passes import depthwise, svd  # noqa: F401
