@@ -315,8 +315,10 @@ def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[in
         chunk_codes = np.concatenate([joint_codes[index], codes[chunk[whole:]]])
         chunk_lengths = np.concatenate([joint_lengths[index], lengths[chunk[whole:]]])
         starts = np.cumsum(chunk_lengths, dtype=np.uint64) - chunk_lengths + np.uint64(position)
-        # block starts are symbols first + i*group with a multiple of `block`: joint codes
-        offsets.append(starts[(-first) % block // group::block // group])
+        # Blocks start at symbols that are multiples of `block`; find the entry that starts
+        # there (joint codes cover `group` symbols, the tail's codes one each).
+        at = np.arange((-first) % block, len(chunk), block)
+        offsets.append(starts[np.where(at < whole, at // group, whole // group + at - whole)])
         position = bits.pack_codes(words, chunk_codes, chunk_lengths, position)
     offsets = np.concatenate(offsets)[1:]
     return HuffmanCode(count, lo, lengths, block, offsets, nbits, bits.words_to_bytes(words, nbits))
