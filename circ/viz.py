@@ -28,7 +28,8 @@ needed, so it works on unnamed graphs (the ONNX model zoo) and on torch exports 
 from __future__ import annotations
 
 import html
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 import attrs
 import graphviz
@@ -220,9 +221,9 @@ def _changes(old: Node, old_row: NodeStats, new: Node, new_row: NodeStats,
     if _sources(old, old_keys) != _sources(new, new_keys):
         reasons.append("inputs")
     figures = ("params", "nonzeros", "storage_bytes", "weight_bits")
-    if any(getattr(old_row, f) != getattr(new_row, f) for f in figures):
-        reasons.append("weights")
-    elif not _same_constants(old, new):
+    # The figures catch pruning, sharing and quantization cheaply; values catch a rescale.
+    if (any(getattr(old_row, f) != getattr(new_row, f) for f in figures)
+            or not _same_constants(old, new)):
         reasons.append("weights")
     return reasons
 
@@ -245,8 +246,8 @@ def _sources(node: Node, keys: dict) -> list:
 def _same_attrs(a: dict, b: dict) -> bool:
     if a.keys() != b.keys():
         return False
-    for key in a:
-        x, y = a[key], b[key]
+    for key, x in a.items():
+        y = b[key]
         if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
             if not np.array_equal(np.asarray(x), np.asarray(y)):
                 return False
@@ -559,7 +560,7 @@ def _legend(marks: bool) -> str:
     for _, colour, text in reversed(BUCKETS):
         rows.append(f'<TR><TD BGCOLOR="{colour}">   </TD><TD ALIGN="LEFT">{html.escape(text)}</TD></TR>')
     if marks:
-        for status, (colour, _, text) in MARKS.items():
+        for colour, _, text in MARKS.values():
             rows.append(f'<TR><TD BORDER="3" COLOR="{colour}">   </TD>'
                         f'<TD ALIGN="LEFT">{html.escape(text)}</TD></TR>')
     rows.append('<TR><TD COLSPAN="2" ALIGN="LEFT">box: op · name · output · params · MACs<BR ALIGN="LEFT"/>'
