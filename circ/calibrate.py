@@ -204,7 +204,8 @@ def choose_range(hist: Histogram, method: str, *, percentile: float = 99.99, bit
             raise ValueError(f"percentile must be in (0, 100], got {percentile}")
         top = hist.quantile(percentile / 100.0) if high > 0 else 0.0
         bottom = hist.quantile(1.0 - percentile / 100.0) if low < 0 else 0.0
-        return min(bottom, 0.0), max(top, 0.0)
+        # Interpolation inside the outermost bins may overshoot the observed extremes.
+        return min(max(bottom, low), 0.0), max(min(top, high), 0.0)
     if method == "mse":
         return _mse_range(hist, bits, symmetric, pow2)
     if method == "entropy":
