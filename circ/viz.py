@@ -446,7 +446,8 @@ class _Drawer:
         total = _sum_rows(rows)
         with self.target.subgraph(name=f"cluster_{self.prefix}block{index}") as sub:
             ops = " · ".join(block.signature)
-            sub.attr(label=_text([f"{block.count} × block: {short_name(ops, 60)}",
+            ops = ops if len(ops) <= 60 else ops[:59] + "…"
+            sub.attr(label=_text([f"{block.count} × block: {ops}",
                                   _span(first[0], rest[-1][-1])]),
                      style="rounded,dashed", color="#6a6a6a", fontsize="10")
             self._nodes(sub, first)

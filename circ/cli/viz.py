@@ -25,7 +25,14 @@ import subprocess
 import sys
 from typing import Optional, Sequence
 
-from circ.cli.common import ArgumentParser, UsageError, check_writable, require_file, run_tool, warning
+from circ.cli.common import (
+    ArgumentParser,
+    UsageError,
+    check_writable,
+    require_file,
+    run_tool,
+    warning,
+)
 from circ.errors import CircError, ModelError
 
 PROG = "circ-viz"
