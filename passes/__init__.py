@@ -6,3 +6,4 @@ from passes import quant  # noqa: F401
 from passes import cluster  # noqa: F401
 from passes import huffman  # noqa: F401
 from passes import depthwise, svd  # noqa: F401
+from passes import channel_prune  # noqa: F401
