@@ -84,8 +84,8 @@ class DepthwiseSeparable(Pass):
     ``min_size`` and compressed or pruned weights unless ``decode=true``.
 
     ``details["layers"]`` gives per layer the multiplier, the relative Frobenius error of
-    the weight, ``mac_ratio`` (MACs after / before, from the graph's shapes; None when a
-    spatial size is unknown) and ``mobilenet_ratio`` (the formula ``m (1/N + 1/k^2)``, equal to
+    the weight, the MACs before and after and ``mac_ratio`` (after / before; from the graph's
+    shapes, None when a spatial size is unknown) and ``mobilenet_ratio`` (the formula ``m (1/N + 1/k^2)``, equal to
     ``mac_ratio`` since the depthwise conv runs at the output's resolution).
     """
 
@@ -122,6 +122,7 @@ class DepthwiseSeparable(Pass):
             known = before and None not in after
             layers[name] = {
                 "multiplier": found.multiplier, "error": found.error,
+                "macs_before": before, "macs_after": sum(after) if known else None,
                 "mac_ratio": sum(after) / before if known else None,
                 "mobilenet_ratio": mobilenet_ratio(out_channels, taps, found.multiplier),
             }
