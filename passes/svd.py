@@ -38,7 +38,8 @@ def factor_weight(ref: WeightRef, graph: Graph, *, decode: bool, min_size: int) 
     Factored layers get new weight constants, so a weight stored compressed (Clustered,
     Quantized, or Dense with a pruning mask) would lose its codebook, scale or zeros: such
     layers are declined unless ``decode`` is set, in which case the decoded floats are factored.
-    A weight read by more than one layer is declined (factoring one reader would keep both).
+    A weight read by more than one layer is declined (factoring one reader would keep both),
+    and so is one holding NaN or infinity (no SVD exists).
     """
     tensor = ref.value.const
     if ref.value.const.size < min_size:
@@ -52,7 +53,10 @@ def factor_weight(ref: WeightRef, graph: Graph, *, decode: bool, min_size: int) 
         if tensor.mask is not None:
             return Declined("the weight is pruned (has a mask); decode=true factors it anyway "
                             "(the factors are dense)")
-    return tensor.to_numpy().astype(np.float64)
+    weight = tensor.to_numpy().astype(np.float64)
+    if not np.all(np.isfinite(weight)):
+        return Declined("the weight holds NaN or infinity")
+    return weight
 
 
 def relative_error(singular: np.ndarray, rank: int) -> float:

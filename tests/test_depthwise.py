@@ -147,7 +147,7 @@ def test_options():
 
 # ----------------------------------------------------------------------------- zoo models
 
-ZOO = ("resnet8", "vgg_small", "lenet5", "mobilenet_v2", "light_squeezenet")
+ZOO = ("resnet8", "vgg_small", "lenet5", "mobilenet_v2", "light_squeezenet", "light_shufflenet")
 
 
 @pytest.fixture(scope="module")

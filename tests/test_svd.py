@@ -181,7 +181,7 @@ def test_any_layer_split_reports_the_optimum_and_matches_onnxruntime(layer, mode
     trans_b = bool(attributes.get("transB"))
     matrix = weight_matrix(op, weight.astype(np.float64), mode, trans_b)
     full = min(matrix.shape)
-    rank = max(1, int(round(keep * full)))
+    rank = max(1, round(keep * full))
 
     result, ctx = run_pass(graph, LowRankSVD(rank=rank, mode=mode, force=True))
     assert not ctx.declines
@@ -280,6 +280,9 @@ def test_unsupported_layers_are_declined_and_left_valid():
     proto.graph.initializer.append(numpy_helper.from_array(np.array([1, 2, 5, 10], np.int64), "shape"))
     graph = from_model_proto(proto)
     before = [n.op for n in graph.nodes]
+    graph.set_const(graph.value("small_w"), np.full((16, 2), np.nan, np.float32))
+    result, ctx = run_pass(graph, LowRankSVD(rank=1))
+    assert "NaN" in ctx.declines[-1].reason
     result, ctx = run_pass(graph, LowRankSVD(rank=1, min_size=33))
     assert not result.modified and [n.op for n in graph.nodes] == before
     reasons = {d.node: d.reason for d in ctx.declines}
@@ -334,7 +337,7 @@ def test_graph_output_name_and_shared_bias_survive():
 
 # ----------------------------------------------------------------------------- zoo models
 
-ZOO = ("lenet5", "mlp", "resnet8", "vgg_small", "mobilenet_v2_opset9", "light_squeezenet")
+ZOO = ("lenet5", "mlp", "resnet8", "vgg_small", "mobilenet_v2_opset9", "light_squeezenet", "light_shufflenet")
 
 
 @pytest.fixture(scope="module", autouse=True)
