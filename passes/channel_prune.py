@@ -110,9 +110,7 @@ class ChannelPrune(Pass):
         if not any(group.classes for group in flow.groups):
             ctx.decline(None, "no removable channels")
             return PassResult(False)
-        plan = Plan(flow, graph, self.min_channels)
-        scores = _scores(flow, graph, self.criterion, ctx)
-        removed = self._select(plan, scores, ctx)
+        plan, removed = self.choose(graph, ctx)
         details = {"criterion": self.criterion, "macs_before": before.macs, "params_before": before.params}
         if not removed.any():
             details.update(macs_after=before.macs, params_after=before.params, channels_removed=0)
@@ -133,6 +131,13 @@ class ChannelPrune(Pass):
         return PassResult(True, details=details)
 
     # ---- selection --------------------------------------------------------------------------
+    def choose(self, graph: Graph, ctx: PassContext) -> tuple["Plan", np.ndarray]:
+        """The classes this pass would remove (boolean by class root), without editing."""
+        flow = ctx.analysis(channel_flow, graph)
+        plan = Plan(flow, graph, self.min_channels)
+        scores = _scores(flow, graph, self.criterion, ctx)
+        return plan, self._select(plan, scores, ctx)
+
     def _group_ratio(self, group: ChannelGroup) -> Optional[float]:
         for pattern, value in self._overrides:
             if any(fnmatch.fnmatchcase(node.name, pattern) for node in group.producers):

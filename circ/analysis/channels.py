@@ -286,9 +286,7 @@ class _Builder:
         if inputs is not None:
             self.sites.append(Site(node, 1, 1 - out_axis, inputs))
         atoms = self.fresh(b.shape[out_axis])
-        self.set(node.output, atoms)
-        self.producers.append(Producer(node, atoms, out_axis))
-        self.segments.append((atoms, "layer"))
+        self._produce(node, atoms, out_axis, None)
         if c is not None and c.rank and c.shape[-1] == len(atoms) and len(atoms) > 1:
             if c.rank == 2 and c.shape[0] != 1:
                 self.freeze(node.output, f"bias of {node.describe()} varies along the batch")
@@ -303,9 +301,7 @@ class _Builder:
         if inputs is not None:
             self.sites.append(Site(node, 1, 0, inputs))
         atoms = self.fresh(b.shape[1])
-        self.set(node.output, atoms)
-        self.producers.append(Producer(node, atoms, 1))
-        self.segments.append((atoms, "layer"))
+        self._produce(node, atoms, 1, None)
         self.mac_nodes.append(MacNode(node, atoms, inputs))
 
     def _produce(self, node: Node, atoms: np.ndarray, axis: int, bias: Optional[Value]) -> None:

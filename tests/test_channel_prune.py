@@ -1,0 +1,278 @@
+"""channel_prune: exact on zero channels for every zoo architecture, valid ONNX, honest report.
+
+The exactness check: choose the channels the pass would remove, set them to exact zeros in
+the original (filters, biases, BatchNorm shift, additive per-channel constants), then prune
+that zeroed model. Removing channels that are zero all the way must leave the outputs
+unchanged to float tolerance, and the pass must pick the same channels (zeros rank lowest).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import zoo
+
+import circ
+from circ.analysis.channels import channel_flow
+from circ.analysis.stats import graph_stats
+from circ.errors import PipelineError
+from circ.passbase import PassContext
+from circ.passmanager import PassManager
+from circ.tensors import Clustered, Dense, Quantized
+from passes.channel_prune import ChannelPrune, take
+
+RTOL = 1e-4
+ATOL_SCALE = 1e-5  # of the output's magnitude: float32 sums in a different order
+
+# Whether every zoo model has something to prune (graph outputs, LayerNorm and Softmax freeze
+# all channels of these).
+NOTHING_REMOVABLE = {"mlp_opset20"}
+LIGHT = ("light_resnet50", "light_densenet121", "light_inception_v1", "light_inception_v2",
+         "light_squeezenet", "light_shufflenet")
+LIGHT_SLOW = ("light_vgg19", "light_bvlc_alexnet")
+
+
+@pytest.fixture(scope="module")
+def model_zoo(tmp_path_factory) -> zoo.Zoo:
+    return zoo.Zoo(tmp_path_factory.mktemp("zoo_channel_prune"))
+
+
+def load(model_zoo, name):
+    graph = circ.load(model_zoo.path(name))
+    if name.startswith("light_"):
+        graph = circ.optimize(graph, "fold_constants")
+    return graph
+
+
+def feeds_for(graph, batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return {v.name: rng.standard_normal([d if isinstance(d, int) else batch for d in v.shape]).astype(v.dtype)
+            for v in graph.inputs}
+
+
+def ort_outputs(graph, feeds, path):
+    import onnxruntime as ort
+
+    circ.save(graph, path)
+    onnx.checker.check_model(str(path), full_check=True)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds)))
+
+
+def assert_close(actual: dict, expected: dict, what: str):
+    assert list(actual) == list(expected), what
+    for name, want in expected.items():
+        got = actual[name]
+        assert got.shape == want.shape, f"{what}: {name} shape {got.shape} != {want.shape}"
+        atol = ATOL_SCALE * max(1.0, float(np.abs(want).max(initial=0.0)))
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=atol, err_msg=f"{what}: {name}")
+
+
+# Per-channel constants that must be zero too for a zero channel to stay zero: additive shifts
+# (BatchNorm bias and mean, layer and InstanceNorm biases, Add/Sub operands).
+def _shift_site(node, index) -> bool:
+    return ((node.op in ("Conv", "ConvTranspose", "Gemm") and index == 2)
+            or (node.op == "BatchNormalization" and index in (2, 3))
+            or (node.op == "InstanceNormalization" and index == 2)
+            or node.op in ("Add", "Sub", "Sum"))
+
+
+def zero_channels(graph, removed) -> int:
+    """Set the channels of classes ``removed`` to exact zeros all the way; returns how many
+    filters were zeroed."""
+    flow = channel_flow(graph)
+    gone = removed[flow.root]
+    zeroed = 0
+    for producer in flow.producers:
+        mask = gone[producer.atoms]
+        if mask.any():
+            weight = producer.node.input(1)
+            array = np.moveaxis(weight.numpy().copy(), producer.weight_axis, 0)
+            array[mask] = 0
+            graph.set_const(weight, Dense(np.moveaxis(array, 0, producer.weight_axis)))
+            zeroed += int(mask.sum())
+    for site in flow.sites:
+        mask = gone[site.atoms]
+        if mask.any() and _shift_site(site.node, site.index):
+            value = site.node.input(site.index)
+            array = np.moveaxis(value.numpy().copy(), site.axis, 0)
+            array[mask] = 0
+            graph.set_const(value, Dense(np.moveaxis(array, 0, site.axis)))
+    return zeroed
+
+
+def prune(graph, text):
+    result = PassManager.from_pipeline(text).run(graph.copy())
+    entry = result.report["passes"][-1]
+    return result.graph, entry["details"], result.declines
+
+
+def check_pruned(original, pruned, details, feeds, tmp_path, *, ort_reference: bool):
+    """The pruned graph is valid, smaller as claimed, and computes what ``original`` does."""
+    circ.verify(pruned)
+    stats = graph_stats(pruned)
+    assert stats.macs == details["macs_after"] == details["macs_predicted"]
+    assert stats.params == details["params_after"]
+    assert details["macs_after"] < details["macs_before"]
+    assert details["params_after"] < details["params_before"]
+    assert graph_stats(original).macs == details["macs_before"]
+    pruned_ort = ort_outputs(pruned, feeds, tmp_path / "pruned.onnx")
+    if ort_reference:
+        expected = ort_outputs(original, feeds, tmp_path / "original.onnx")
+    else:
+        expected = circ.run(original, feeds)
+        assert_close(circ.run(pruned, feeds), pruned_ort, "circ vs onnxruntime on the pruned model")
+    assert_close(pruned_ort, expected, "pruned (zero channels) vs original")
+
+
+def exactness_case(model_zoo, name, tmp_path, text="channel_prune(ratio=0.5)", *, ort_reference=False):
+    graph = load(model_zoo, name)
+    pass_ = PassManager.from_pipeline(text).passes[0]
+    _, removed = pass_.choose(graph, PassContext())
+    if name in NOTHING_REMOVABLE:
+        assert not removed.any()
+        _, details, declines = prune(graph, text)
+        assert declines
+        return
+    assert removed.any()
+    assert zero_channels(graph, removed) > 0
+    pruned, details, _ = prune(graph, text)
+    _, again = pass_.choose(graph, PassContext())
+    if "target_macs" in text:
+        # zeros rank first, so the pass removes zeroed channels only (perhaps fewer of them:
+        # a different order among equal scores can reach the MAC target sooner)
+        assert again.any() and not (again & ~removed).any()
+    else:
+        np.testing.assert_array_equal(again, removed)  # zeroed channels are still the ones chosen
+    check_pruned(graph, pruned, details, feeds_for(graph), tmp_path, ort_reference=ort_reference)
+    return details
+
+
+@pytest.mark.parametrize("name", zoo.TORCH_MODELS)
+def test_exact_on_zero_channels_torch_models(name, model_zoo, tmp_path):
+    exactness_case(model_zoo, name, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "mobilenet_v2", "densenet_small"])
+@pytest.mark.parametrize("options", ["global=true,ratio=0.6", "target_macs=0.4", "criterion=l2,ratio=0.3",
+                                     "criterion=bn,ratio=0.5,min_channels=4"])
+def test_exact_with_other_selections(name, options, model_zoo, tmp_path):
+    exactness_case(model_zoo, name, tmp_path, f"channel_prune({options})")
+
+
+@pytest.mark.parametrize("name", LIGHT + tuple(pytest.param(n, marks=pytest.mark.slow) for n in LIGHT_SLOW))
+def test_exact_on_zero_channels_light_zoo(name, model_zoo, tmp_path):
+    # 224x224: onnxruntime computes both sides; circ's interpreter is compared on SqueezeNet.
+    details = exactness_case(model_zoo, name, tmp_path, ort_reference=True)
+    assert details["channels_removed"] > 0
+
+
+def test_circ_matches_onnxruntime_on_pruned_squeezenet(model_zoo, tmp_path):
+    graph = load(model_zoo, "light_squeezenet")
+    pruned, _, _ = prune(graph, "channel_prune(ratio=0.5)")
+    feeds = feeds_for(pruned, batch=1)
+    assert_close(circ.run(pruned, feeds), ort_outputs(pruned, feeds, tmp_path / "p.onnx"), "squeezenet")
+
+
+def test_residual_stream_pruned_jointly(model_zoo):
+    graph = load(model_zoo, "resnet8")
+    pruned, details, _ = prune(graph, "channel_prune(ratio=0.5)")
+    layers = details["layers"]
+    # the identity-shortcut block: both of its convs' outputs meet the stem's at an Add
+    assert layers["/stem/stem.0/Conv"][1] == layers["/blocks/blocks.0/body/body.1/body.1.0/Conv"][1]
+    assert layers["/blocks/blocks.2/body/body.1/body.1.0/Conv"][1] == \
+        layers["/blocks/blocks.2/shortcut/shortcut.0/Conv"][1]
+    fc = pruned.node("/fc/Gemm")
+    assert fc.input(1).shape[1] == layers["/blocks/blocks.2/shortcut/shortcut.0/Conv"][1]
+
+
+def test_target_macs_reaches_the_fraction(model_zoo):
+    graph = load(model_zoo, "resnet8")
+    _, details, _ = prune(graph, "channel_prune(target_macs=0.5)")
+    assert details["macs_after"] <= 0.5 * details["macs_before"]
+    assert details["macs_after"] > 0.4 * details["macs_before"]  # the shortest prefix, not more
+
+
+def test_target_macs_out_of_reach_is_reported(model_zoo):
+    graph = load(model_zoo, "vgg_small")
+    _, details, declines = prune(graph, "channel_prune(target_macs=0.0)")
+    assert any("not reached" in d.reason for d in declines)
+    assert details["macs_after"] > 0
+
+
+def test_layers_override_and_min_channels(model_zoo):
+    graph = load(model_zoo, "vgg_small")
+    _, details, _ = prune(graph, "channel_prune(ratio=0.5,min_channels=12,layers=/0/Conv:0;/5/Conv:0.75)")
+    layers = details["layers"]
+    assert "/0/Conv" not in layers  # ratio 0: left alone
+    assert layers["/2/Conv"] == [16, 12]  # 8 asked, min_channels keeps 12
+    assert layers["/5/Conv"] == [32, 12]  # 24 asked, 20 allowed
+    assert layers["/7/Conv"] == [32, 16]
+
+
+def test_bn_criterion_removes_the_smallest_gammas(model_zoo):
+    graph = load(model_zoo, "resnet8")
+    flow = channel_flow(graph)
+    bn = next(n for n in graph.nodes if n.op == "BatchNormalization"
+              and n.input(0).producer.name == "/blocks/blocks.1/body/body.0/body.0.0/Conv")
+    gamma = np.abs(bn.input(1).numpy())
+    plan, removed = ChannelPrune(criterion="bn", ratio=0.25).choose(graph, PassContext())
+    atoms = flow.atoms[id(bn.input(0))]
+    gone = removed[flow.root[atoms]]
+    assert gone.sum() == 8
+    assert set(np.flatnonzero(gone)) == set(np.argsort(gamma, kind="stable")[:8])
+
+
+def test_l1_criterion_removes_the_smallest_filters(model_zoo):
+    graph = load(model_zoo, "vgg_small")
+    conv = graph.node("/2/Conv")
+    norms = np.abs(conv.input(1).numpy()).reshape(16, -1).sum(axis=1)
+    pruned, _, _ = prune(graph, "channel_prune(ratio=0,layers=/2/Conv:0.25)")
+    kept = pruned.node("/2/Conv").input(1).numpy()
+    expected = conv.input(1).numpy()[np.sort(np.argsort(norms)[4:])]
+    np.testing.assert_array_equal(kept, expected)
+
+
+def test_frozen_groups_are_declined_with_reasons(model_zoo):
+    graph = load(model_zoo, "shufflenet_small")
+    _, _, declines = prune(graph, "channel_prune(ratio=0.5)")
+    reasons = " ".join(d.reason for d in declines)
+    assert "graph output" in reasons
+    assert "shape is read" in reasons
+
+
+@pytest.mark.parametrize("text, message", [
+    ("channel_prune(criterion=l3)", "criterion"),
+    ("channel_prune(ratio=1.5)", "ratio"),
+    ("channel_prune(ratio=0.5,target_macs=0.5)", "not both"),
+    ("channel_prune(min_channels=0)", "min_channels"),
+    ("channel_prune(layers=conv)", "layers"),
+])
+def test_bad_options(text, message):
+    with pytest.raises(PipelineError, match=message):
+        PassManager.from_pipeline(text)
+
+
+def test_pipeline_text_round_trip():
+    manager = PassManager.from_pipeline("channel_prune(criterion=bn,global=true,ratio=0.3,layers=\"a*:0\")")
+    assert PassManager.from_pipeline(manager.text).text == manager.text
+
+
+def test_take_keeps_every_representation():
+    keep = np.array([True, False, True])
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    mask = array % 2 == 0
+    dense = take(Dense(array, mask), keep, 0)
+    np.testing.assert_array_equal(dense.to_numpy(), Dense(array, mask).to_numpy()[[0, 2]])
+    assert dense.kept is not None
+    clustered = Clustered(np.array([0.5, -1.0], np.float32), np.array([[0, 1, -1, 0]] * 3, np.int8))
+    np.testing.assert_array_equal(take(clustered, keep, 0).to_numpy(), clustered.to_numpy()[[0, 2]])
+    quantized = Quantized(np.arange(12, dtype=np.int8).reshape(3, 4), np.array([0.1, 0.2, 0.3], np.float32),
+                          np.zeros(3, np.int8), axis=0)
+    np.testing.assert_allclose(take(quantized, keep, 0).to_numpy(), quantized.to_numpy()[[0, 2]])
+    np.testing.assert_allclose(take(quantized, np.array([True, False, True, True]), 1).to_numpy(),
+                               quantized.to_numpy()[:, [0, 2, 3]])
