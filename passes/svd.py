@@ -42,7 +42,7 @@ def factor_weight(ref: WeightRef, graph: Graph, *, decode: bool, min_size: int) 
     and so is one holding NaN or infinity (no SVD exists).
     """
     tensor = ref.value.const
-    if ref.value.const.size < min_size:
+    if tensor.size < min_size:
         return Declined(f"the weight has {tensor.size} elements, fewer than min_size={min_size}")
     if len(ref.value.uses) != 1 or graph.is_output(ref.value):
         return Declined(f"the weight {ref.value.name!r} is shared with other nodes")
