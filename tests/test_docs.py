@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _example_pass_source() -> str:
-    text = (ROOT / "docs" / "passes.md").read_text()
+    text = (ROOT / "docs" / "writing-passes.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     return next(b for b in blocks if "register_pass" in b)
 
