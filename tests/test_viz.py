@@ -238,6 +238,10 @@ def test_collapse_shrinks_densenet121_and_covers_every_node(models):
     collapsed_dot = viz.graph_to_dot(graph, collapse=True)
     collapsed = collapsed_dot.source
     assert _node_count(full) == len(graph.nodes) + 3
+    # past INLINE_LABEL_LIMIT boxes edge types are external labels, which keep dot fast
+    arrows = re.findall(r"^\t+\w+ -> \w+ \[(\w+)=", full, re.MULTILINE)
+    assert len(arrows) > len(graph.nodes) and set(arrows) == {"xlabel"}
+    assert set(re.findall(r"^\t+\w+ -> \w+ \[(\w+)=", collapsed, re.MULTILINE)) == {"label"}
     assert _node_count(collapsed) < _node_count(full) / 4
     assert collapsed.count("subgraph cluster_") == 4
     svg = ET.fromstring(viz.render(collapsed_dot, "svg"))
