@@ -125,8 +125,9 @@ def compression_lines(node: Node, row: NodeStats) -> list[str]:
     if not any(is_compressed(t) for t in tensors):
         return []
     weight = max(tensors, key=lambda t: t.size)
-    sparsity = 1.0 - row.nonzeros / row.params if row.params else 0.0
-    parts = [f"sparsity {100.0 * sparsity:.1f}%", f"{_number(weight.bits)} bits"]
+    parts = [f"{_number(weight.bits)} bits"]
+    if row.params:  # 0 when another node read the constants first (shared weights)
+        parts.insert(0, f"sparsity {100.0 * (1.0 - row.nonzeros / row.params):.1f}%")
     codebook = getattr(weight, "codebook", None)
     if codebook is not None:
         parts.append(f"codebook {len(codebook)}")

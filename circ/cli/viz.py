@@ -94,6 +94,8 @@ def _body(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.diff and not args.pipeline:
         raise UsageError("--diff needs --pipeline (what should the diff compare?)")
+    if args.data and not args.pipeline:
+        raise UsageError("--data needs --pipeline (only passes read calibration data)")
     output = args.output or default_output(args.model)
     fmt = output_format(output)
 
