@@ -23,7 +23,8 @@ records, for chosen values, their min/max and (for the methods that need it) a h
 - ``mse`` — the range, shrunk from min/max in steps, minimising the expected squared
   quantization error over the histogram (clipping plus rounding);
 - ``entropy`` — the threshold minimising the KL divergence between the histogram of
-  magnitudes and its quantized version (the TensorRT calibration recipe, Migacz 2017).
+  magnitudes and its quantized version (the TensorRT calibration recipe, Migacz 2017). It
+  wants many samples: on a sparse histogram it tends to clip too much.
 
 Histograms are exact counts over the whole data (two passes over the data: min/max first,
 then counts over the known range), so results do not depend on batch order.

@@ -66,6 +66,10 @@ class Quantize(Pass):
     weights and weights that are not float32 are declined. Export writes a QDQ ONNX model
     (integer initializers + DequantizeLinear; see :mod:`circ.onnx_export`).
 
+    onnxruntime runs the exported model; its optimized int8 kernels on x86 CPUs without VNNI
+    add pairs of uint8 x int8 products in 16 bits, which saturates with full-range 8-bit
+    weights (its own quantizer's ``reduce_range``): for such targets use ``bits=7``.
+
     Approximate: outputs change by the quantization error; ``details`` reports per layer the
     bits, the largest weight change and the signal-to-quantization-noise ratio (dB).
     """
