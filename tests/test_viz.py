@@ -302,6 +302,7 @@ def test_without_dot_the_source_is_written_with_install_advice(models, tmp_path,
     (["{missing}", "-o", "{tmp}/x.svg", "--pipeline", "nonsense"], "unknown pass 'nonsense'"),
     (["{model}", "-o", "{tmp}/no/such/folder/x.svg"], "does not exist"),
     (["{model}", "--bogus"], "unrecognized arguments"),
+    (["{model}", "-o", "{tmp}/x.svg", "--data", "{tmp}/d.npz"], "--data needs --pipeline"),
 ])
 def test_bad_input_is_one_line_and_exit_2(models, tmp_path, capsys, args, message):
     garbage = tmp_path / "garbage.onnx"
@@ -312,3 +313,18 @@ def test_bad_input_is_one_line_and_exit_2(models, tmp_path, capsys, args, messag
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("circ-viz: error:") and message in err
     assert not list(tmp_path.glob("*.svg")) and not list(tmp_path.glob("*.jpg"))
+
+
+def test_a_failing_dot_is_one_line_and_keeps_the_old_output(models, tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    def fail(dot, fmt):
+        raise subprocess.CalledProcessError(1, ["dot"], stderr=b"Error: syntax error in line 1\nmore")
+
+    out = tmp_path / "g.svg"
+    out.write_text("old drawing")
+    monkeypatch.setattr(viz, "render", fail)
+    assert main([str(models.path("lenet5")), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"circ-viz: error: {out}: Graphviz dot failed: Error: syntax error in line 1; more\n"
+    assert out.read_text() == "old drawing"
