@@ -9,7 +9,7 @@ layer of that size would have); both sides cluster the same float32 values into 
 
 * circ: the ``cluster(init=kmeans++,bits=...)`` pass run on the graph (sorting, k-means,
   index assignment, building the Clustered tensor) — median of ``--runs`` runs; its default
-  ``n_init`` (3 restarts, best kept) is printed;
+  ``n_init`` (3 restarts, best kept; ``--circ-n-init`` changes it) is printed;
 * scikit-learn: ``KMeans(n_clusters=k, random_state=0)`` with its defaults (``n_init='auto'``,
   i.e. 1 run for k-means++; ``max_iter=300``, ``tol=1e-4``) on ``x.reshape(-1, 1)``, timed once
   (it takes minutes at 10M); ``--sklearn-max-iter``/``--sklearn-n-init`` bound it if wanted
@@ -60,13 +60,13 @@ def layer(size: int, seed: int = 0):
     return from_model_proto(proto), weight
 
 
-def run_circ(size: int, bits: int, runs: int):
+def run_circ(size: int, bits: int, runs: int, n_init=None):
     times = []
     for _ in range(runs):
         graph, weight = layer(size)
         ctx = PassContext(seed=0, current_pass="cluster")
         start = time.perf_counter()
-        Cluster(bits=bits, init="kmeans++").run(graph, ctx)
+        Cluster(bits=bits, init="kmeans++", n_init=n_init).run(graph, ctx)
         times.append(time.perf_counter() - start)
     codebook = graph.value("w").const.codebook
     return statistics.median(times), inertia(weight, codebook), weight
@@ -101,6 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="0.1M,1M,10M")
     parser.add_argument("--bits", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3, help="circ runs per size (median)")
+    parser.add_argument("--circ-n-init", type=int, default=None,
+                        help="circ restarts (default: the pass default, 3 for kmeans++)")
     parser.add_argument("--sklearn-max-iter", type=int, default=None)
     parser.add_argument("--sklearn-n-init", type=int, default=None)
     args = parser.parse_args(argv)
@@ -108,12 +110,13 @@ def main(argv=None) -> int:
     rows = []
     for text in args.sizes.split(","):
         size = parse_size(text)
-        circ_time, circ_inertia, weight = run_circ(size, args.bits, args.runs)
+        circ_time, circ_inertia, weight = run_circ(size, args.bits, args.runs, args.circ_n_init)
         sk_time, sk_inertia, model = run_sklearn(weight, k, args.sklearn_max_iter, args.sklearn_n_init)
         rows.append((text, weight.size, circ_time, circ_inertia, sk_time, sk_inertia, model))
 
     bounded = args.sklearn_max_iter is not None or args.sklearn_n_init is not None
-    print(f"k = {k} ({args.bits} bits); circ: cluster(init=kmeans++) pass, n_init 3 (default), "
+    circ_n_init = args.circ_n_init or "3 (default)"
+    print(f"k = {k} ({args.bits} bits); circ: cluster(init=kmeans++) pass, n_init {circ_n_init}, "
           f"median of {args.runs}; sklearn KMeans "
           f"{'bounded: ' if bounded else 'defaults: '}"
           f"n_init={rows[0][6].n_init}, max_iter={rows[0][6].max_iter}, tol={rows[0][6].tol}, once")
