@@ -30,9 +30,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-import circ  # noqa: E402
-from circ.analysis.stats import graph_stats  # noqa: E402
-from circ.passmanager import PassManager  # noqa: E402
+import circ
+from circ.analysis.stats import graph_stats
+from circ.passmanager import PassManager
 
 TARGET_SPEEDUP = 1.6
 TARGET_PASS_SECONDS = 10.0

@@ -9,7 +9,7 @@ criterion, Liu et al. 2017 "network slimming" for the BatchNorm gamma criterion)
 from __future__ import annotations
 
 import fnmatch
-from typing import Optional
+import itertools
 
 import attrs
 import numpy as np
@@ -80,7 +80,7 @@ class ChannelPrune(Pass):
     exact = False
 
     criterion: str = attrs.field(default="l1", metadata={"help": "ranking: l1 | l2 | bn (BatchNorm gamma)"})
-    ratio: Optional[float] = attrs.field(
+    ratio: float | None = attrs.field(
         default=None, validator=_fraction("ratio"),
         metadata={"help": f"fraction of each group's channels removed (default {DEFAULT_RATIO} "
                           "unless target_macs is given)"})
@@ -88,7 +88,7 @@ class ChannelPrune(Pass):
     min_channels: int = attrs.field(default=1, metadata={"help": "channels every layer keeps at least"})
     layers: str = attrs.field(
         default="", metadata={"help": "per-group ratio overrides: pattern:ratio;... (layer names)"})
-    target_macs: Optional[float] = attrs.field(
+    target_macs: float | None = attrs.field(
         default=None, validator=_fraction("target_macs"),
         metadata={"help": "prune until MACs fall to this fraction of the original (global order)"})
 
@@ -131,20 +131,20 @@ class ChannelPrune(Pass):
         return PassResult(True, details=details)
 
     # ---- selection --------------------------------------------------------------------------
-    def choose(self, graph: Graph, ctx: PassContext) -> tuple["Plan", np.ndarray]:
+    def choose(self, graph: Graph, ctx: PassContext) -> tuple[Plan, np.ndarray]:
         """The classes this pass would remove (boolean by class root), without editing."""
         flow = ctx.analysis(channel_flow, graph)
         plan = Plan(flow, graph, self.min_channels)
         scores = _scores(flow, graph, self.criterion, ctx)
         return plan, self._select(plan, scores, ctx)
 
-    def _group_ratio(self, group: ChannelGroup) -> Optional[float]:
+    def _group_ratio(self, group: ChannelGroup) -> float | None:
         for pattern, value in self._overrides:
             if any(fnmatch.fnmatchcase(node.name, pattern) for node in group.producers):
                 return value
         return None
 
-    def _select(self, plan: "Plan", scores: np.ndarray, ctx: PassContext) -> np.ndarray:
+    def _select(self, plan: Plan, scores: np.ndarray, ctx: PassContext) -> np.ndarray:
         flow = plan.flow
         matched = set()
         free_groups = []
@@ -325,7 +325,7 @@ class Plan:
             if in_roots is not None:
                 value *= np.count_nonzero(~removed[in_roots]) / len(in_roots)
             total += value
-        return int(round(total))
+        return round(total)
 
 
 # ---------------------------------------------------------------------- rewriting
@@ -426,7 +426,7 @@ def _fix_split(graph: Graph, fix, mask: np.ndarray) -> None:
     (sizes,) = fix.data
     node = fix.node
     bounds = np.cumsum([0] + list(sizes))
-    new = [int(np.count_nonzero(mask[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+    new = [int(np.count_nonzero(mask[a:b])) for a, b in itertools.pairwise(bounds)]
     if node.opset < 13:
         node.attrs["split"] = new
         return

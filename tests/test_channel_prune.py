@@ -51,11 +51,12 @@ def feeds_for(graph, batch=2, seed=0):
             for v in graph.inputs}
 
 
-def ort_outputs(graph, feeds, path):
+def ort_outputs(graph, feeds, path, *, check=True):
     import onnxruntime as ort
 
     circ.save(graph, path)
-    onnx.checker.check_model(str(path), full_check=True)
+    if check:
+        onnx.checker.check_model(str(path), full_check=True)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -122,7 +123,7 @@ def check_pruned(original, pruned, details, feeds, tmp_path, *, ort_reference: b
     assert graph_stats(original).macs == details["macs_before"]
     pruned_ort = ort_outputs(pruned, feeds, tmp_path / "pruned.onnx")
     if ort_reference:
-        expected = ort_outputs(original, feeds, tmp_path / "original.onnx")
+        expected = ort_outputs(original, feeds, tmp_path / "original.onnx", check=False)
     else:
         expected = circ.run(original, feeds)
         assert_close(circ.run(pruned, feeds), pruned_ort, "circ vs onnxruntime on the pruned model")
@@ -220,7 +221,7 @@ def test_bn_criterion_removes_the_smallest_gammas(model_zoo):
     bn = next(n for n in graph.nodes if n.op == "BatchNormalization"
               and n.input(0).producer.name == "/blocks/blocks.1/body/body.0/body.0.0/Conv")
     gamma = np.abs(bn.input(1).numpy())
-    plan, removed = ChannelPrune(criterion="bn", ratio=0.25).choose(graph, PassContext())
+    _plan, removed = ChannelPrune(criterion="bn", ratio=0.25).choose(graph, PassContext())
     atoms = flow.atoms[id(bn.input(0))]
     gone = removed[flow.root[atoms]]
     assert gone.sum() == 8

@@ -70,7 +70,7 @@ def test_concat_offsets_and_split_slice_pieces(tmp_path):
     atoms_a, atoms_b = flow.atoms[id(a)], flow.atoms[id(b)]
     np.testing.assert_array_equal(flow.atoms[id(cat)], np.concatenate([atoms_a, atoms_b]))
     np.testing.assert_array_equal(flow.atoms[id(piece)], np.concatenate([atoms_a, atoms_b])[2:8])
-    groups = [set(n.name for n in g) for g in dependency_groups(graph)]
+    groups = [{n.name for n in g} for g in dependency_groups(graph)]
     assert {"a"} in groups and {"b"} in groups  # concat does not couple its inputs
     assert {"c", "d", "e"} in groups  # the Sum does
 
@@ -90,7 +90,7 @@ def test_flatten_prunes_blocks_of_gemm_columns(tmp_path):
     graph.outputs.append(out)
     flow = channel_flow(graph)
     np.testing.assert_array_equal(flow.atoms[id(flat)], np.repeat(flow.atoms[id(y)], 16))
-    pruned, details = prune_exactly(graph, tmp_path)
+    pruned, _details = prune_exactly(graph, tmp_path)
     assert pruned.node("fc").input(1).shape == (5, 4 * 16)
 
 
@@ -99,9 +99,9 @@ def test_depthwise_with_multiplier_is_tied_to_its_input(tmp_path):
     y = relu(graph, conv(graph, x, 3, 4, name="a"))
     d = relu(graph, conv(graph, y, 4, 8, group=4, name="dw"))
     graph.outputs.append(conv(graph, d, 8, 2, kernel=1, name="pw"))
-    groups = [set(n.name for n in g) for g in dependency_groups(graph)]
+    groups = [{n.name for n in g} for g in dependency_groups(graph)]
     assert {"a", "dw"} in groups
-    pruned, details = prune_exactly(graph, tmp_path)
+    pruned, _details = prune_exactly(graph, tmp_path)
     dw = pruned.node("dw")
     assert dw.attrs["group"] == 2 and dw.input(1).shape[0] == 4
 
@@ -131,7 +131,7 @@ def test_residual_add_unites_branches_and_graph_output_freezes(tmp_path):
     assert groups == {frozenset({"stem", "body"}), frozenset({"inner"}), frozenset({"head"})}
     head = next(g for g in channel_groups(graph) if g.name == "head")
     assert not head.classes and "graph output" in head.reason
-    pruned, details = prune_exactly(graph, tmp_path)
+    _pruned, details = prune_exactly(graph, tmp_path)
     assert details["layers"]["stem"] == details["layers"]["body"] == [6, 3]
 
 
@@ -178,6 +178,6 @@ def test_pass_context_caches_groups():
     graph.outputs.append(conv(graph, relu(graph, conv(graph, x, 3, 4, name="a")), 4, 2, name="b"))
     ctx = PassContext()
     assert ctx.groups(graph) is ctx.groups(graph)
-    assert [set(n.name for n in g) for g in ctx.groups(graph)] == [{"a"}, {"b"}]
+    assert [{n.name for n in g} for g in ctx.groups(graph)] == [{"a"}, {"b"}]
     _, removed = ChannelPrune(ratio=0.5).choose(graph, ctx)
     assert removed.sum() == 2

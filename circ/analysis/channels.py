@@ -28,8 +28,6 @@ recompute) and what a criterion and a MAC count need (:class:`Producer`, :class:
 
 from __future__ import annotations
 
-from typing import Optional
-
 import attrs
 import numpy as np
 
@@ -93,8 +91,8 @@ class MacNode:
     ``macs * kept(out)/len(out) * kept(in)/len(in)`` (None: does not scale)."""
 
     node: Node
-    out_atoms: Optional[np.ndarray]
-    in_atoms: Optional[np.ndarray]
+    out_atoms: np.ndarray | None
+    in_atoms: np.ndarray | None
 
 
 @attrs.define(eq=False)
@@ -174,14 +172,14 @@ class _Builder:
             if ra != rb:
                 self.parent[max(ra, rb)] = min(ra, rb)
 
-    def freeze(self, value: Optional[Value], reason: str) -> None:
+    def freeze(self, value: Value | None, reason: str) -> None:
         atoms = self.get(value)
         if atoms is not None:
             for atom in atoms.tolist():
                 self.frozen.setdefault(atom, reason)
 
     # ---- values ---------------------------------------------------------------------------
-    def get(self, value: Optional[Value]) -> Optional[np.ndarray]:
+    def get(self, value: Value | None) -> np.ndarray | None:
         return None if value is None else self.atoms.get(id(value))
 
     def set(self, value: Value, atoms: np.ndarray) -> None:
@@ -304,7 +302,7 @@ class _Builder:
         self._produce(node, atoms, 1, None)
         self.mac_nodes.append(MacNode(node, atoms, inputs))
 
-    def _produce(self, node: Node, atoms: np.ndarray, axis: int, bias: Optional[Value]) -> None:
+    def _produce(self, node: Node, atoms: np.ndarray, axis: int, bias: Value | None) -> None:
         self.set(node.output, atoms)
         self.producers.append(Producer(node, atoms, axis))
         self.segments.append((atoms, "layer"))
@@ -437,7 +435,7 @@ class _Builder:
     def _op_Unsqueeze(self, node: Node) -> None:
         self._unsqueeze_like(node, node.output.rank)
 
-    def _unsqueeze_like(self, node: Node, rank: Optional[int]) -> None:
+    def _unsqueeze_like(self, node: Node, rank: int | None) -> None:
         atoms = self.get(node.input(0))
         if atoms is None:
             return
@@ -583,7 +581,7 @@ class _Builder:
         return list(by_bundle.values())
 
 
-def _static_channels(value: Optional[Value], rank: Optional[int] = None) -> bool:
+def _static_channels(value: Value | None, rank: int | None = None) -> bool:
     """Whether ``value`` has a known rank >= 2 (exactly ``rank`` if given) and an int axis 1."""
     if value is None or value.shape is None or len(value.shape) < 2:
         return False
@@ -592,7 +590,7 @@ def _static_channels(value: Optional[Value], rank: Optional[int] = None) -> bool
     return isinstance(value.shape[1], (int, np.integer))
 
 
-def _static_product(dims) -> Optional[int]:
+def _static_product(dims) -> int | None:
     total = 1
     for d in dims:
         if not isinstance(d, (int, np.integer)):
@@ -601,7 +599,7 @@ def _static_product(dims) -> Optional[int]:
     return total
 
 
-def _const_ints(value: Optional[Value]) -> Optional[list]:
+def _const_ints(value: Value | None) -> list | None:
     if value is None or value.const is None:
         return None
     return [int(v) for v in value.const.to_numpy().reshape(-1)]
@@ -628,7 +626,7 @@ def _extra_problem(node: Node, graph: Graph) -> str:
     return ""
 
 
-def _float_list(value: Optional[Value]) -> Optional[list]:
+def _float_list(value: Value | None) -> list | None:
     if value is None or value.const is None:
         return None
     return [float(v) for v in value.const.to_numpy().reshape(-1)]

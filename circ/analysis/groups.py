@@ -51,7 +51,7 @@ def dependency_groups(graph: Graph) -> list[frozenset]:
     return result
 
 
-def _group_of_atoms(flow, atoms, owner) -> "int | None":
+def _group_of_atoms(flow, atoms, owner) -> int | None:
     classes = set(flow.root[atoms].tolist())
     for producer in flow.producers:
         if classes & set(flow.root[producer.atoms].tolist()):
