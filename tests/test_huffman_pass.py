@@ -9,6 +9,7 @@ import circ
 from circ.cli.opt import main as circ_opt
 from circ.codecs.coded import Coded
 from circ.errors import PipelineError
+from circ.passmanager import optimize as run_pipeline
 from circ.tensors import Clustered, Dense, Quantized
 from test_container import small_mlp
 
@@ -44,13 +45,13 @@ def test_options_override_index_bits_per_layer():
 
 def test_quantized_and_pruned_dense_layers_are_coded_unpruned_dense_declined():
     graph = circ.optimize(small_mlp(hidden=40), "prune(sparsity=0.9,scope=fc1),quant(scope=fc2)")
-    result = circ.passmanager.optimize(graph, "huffman")
+    result = run_pipeline(graph, "huffman")
     w1, w2 = weight(graph, "w1"), weight(graph, "w2")
     assert isinstance(w1, Coded) and isinstance(w1.decode(), Dense)  # pruned float: positions coded
     assert isinstance(w2, Coded) and isinstance(w2.decode(), Quantized)
     details = result.report["passes"][0]["details"]["layers"]
     assert details["fc1"]["kept"] == pytest.approx(0.1 * 400, abs=1)
-    unpruned = circ.passmanager.optimize(small_mlp(), "huffman")
+    unpruned = run_pipeline(small_mlp(), "huffman")
     reasons = [d.reason for d in unpruned.declines]
     assert any("unpruned float weights" in r for r in reasons)
     assert not any(isinstance(v.const, Coded) for v in unpruned.graph.consts.values())
