@@ -18,6 +18,7 @@ from typing import Optional
 import attrs
 import numpy as np
 
+from circ.errors import PipelineError
 from circ.graph import Graph, Node, Value
 
 # op -> (weight input index, kind)
@@ -102,4 +103,48 @@ def weight_refs(graph: Graph, scope: str = "all", *, float_only: bool = True) ->
         ref = WeightRef(node, index, weight, kind, _out_axis(node, weight))
         if in_scope(ref, scope):
             refs.append(ref)
+    return refs
+
+
+def parse_layer_values(text: str, option: str, pass_name: str, convert=float) -> list[tuple[str, object]]:
+    """Per-layer overrides written ``pattern:value;pattern:value`` -> ``[(pattern, value)]``.
+
+    A pattern is what ``scope`` accepts (``conv``, ``fc``, a node or weight name, a shell
+    pattern such as ``layer1.*``); the value is the text after the last ``:``. The first
+    pattern that matches a layer wins. Raises PipelineError naming the option on bad text.
+    """
+    overrides = []
+    where = f"option {option!r} of pass {pass_name!r}"
+    for item in text.split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        pattern, colon, raw = item.rpartition(":")
+        if not colon or not pattern.strip():
+            raise PipelineError(f"{where}: expected pattern:value, got {item!r}")
+        try:
+            value = convert(raw.strip())
+        except ValueError:
+            raise PipelineError(f"{where}: bad value {raw.strip()!r} for {pattern!r}") from None
+        overrides.append((pattern.strip(), value))
+    return overrides
+
+
+def override_for(ref: WeightRef, overrides: list, default):
+    """The value of the first ``(pattern, value)`` override whose pattern selects ``ref``."""
+    for pattern, value in overrides:
+        if in_scope(ref, pattern):
+            return value
+    return default
+
+
+def select_layers(graph: Graph, scope: str, overrides: list, ctx) -> list[WeightRef]:
+    """:func:`weight_refs` in ``scope`` for a pass; records a decline (through ``ctx``) when
+    nothing is in scope and for each override pattern that selects no layer."""
+    refs = weight_refs(graph, scope)
+    if not refs:
+        ctx.decline(None, f"no Conv/ConvTranspose/Gemm/MatMul weight constants in scope {scope!r}")
+    for pattern, _ in overrides:
+        if not any(in_scope(ref, pattern) for ref in refs):
+            ctx.decline(None, f"layers pattern {pattern!r} matches no selected layer")
     return refs

@@ -21,7 +21,7 @@ from circ.graph import Graph, Node, Value
 from circ.passbase import Pass, PassContext, PassResult, register_pass
 from circ.shape_inference import infer_shapes
 from circ.tensors import Clustered, Dense, Quantized, Tensor
-from passes.prune import parse_layer_values
+from circ.weights import parse_layer_values
 
 DEFAULT_RATIO = 0.5
 CRITERIA = ("l1", "l2", "bn")

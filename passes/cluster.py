@@ -11,8 +11,7 @@ from circ.graph import Graph
 from circ.kmeans1d import assign, kmeans1d
 from circ.passbase import STRUCTURE, Pass, PassContext, PassResult, register_pass
 from circ.tensors import Clustered
-from circ.weights import WeightRef, in_scope, weight_refs
-from passes.prune import parse_layer_values
+from circ.weights import WeightRef, override_for, parse_layer_values, select_layers
 
 # The paper's choice (Deep Compression, Table 2 and sec. 3): 8-bit indices (256 shared
 # weights) for conv layers, 5-bit (32) for fully connected ones, with no loss of accuracy.
@@ -98,14 +97,9 @@ class Cluster(Pass):
         "help": "restarts, best kept; none: 1 for linear/density, more for random/kmeans++"})
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        refs = weight_refs(graph, self.scope)
+        refs = select_layers(graph, self.scope, self.overrides(), ctx)
         if not refs:
-            ctx.decline(None, f"no Conv/ConvTranspose/Gemm/MatMul float weight constants in "
-                              f"scope {self.scope!r}")
             return PassResult(False)
-        for pattern, _ in self.overrides():
-            if not any(in_scope(ref, pattern) for ref in refs):
-                ctx.decline(None, f"layers pattern {pattern!r} matches no selected layer")
         report = {}
         for ref in refs:
             tensor, layer_report = self.cluster_weight(ref, ctx)
@@ -120,10 +114,8 @@ class Cluster(Pass):
         return parse_layer_values(self.layers, "layers", self.name, _bits_value)
 
     def bits_for(self, ref: WeightRef) -> int:
-        for pattern, bits in self.overrides():
-            if in_scope(ref, pattern):
-                return bits
-        return self.bits if self.bits is not None else DEFAULT_BITS[ref.kind]
+        default = self.bits if self.bits is not None else DEFAULT_BITS[ref.kind]
+        return override_for(ref, self.overrides(), default)
 
     def cluster_weight(self, ref: WeightRef, ctx: PassContext):
         """``(Clustered, report)`` for ``ref``'s weight, or ``(None, reason)`` to decline."""

@@ -12,8 +12,7 @@ from circ.codecs.coded import Coded
 from circ.graph import Graph
 from circ.passbase import STRUCTURE, Pass, PassContext, PassResult, register_pass
 from circ.tensors import Clustered, Dense, Quantized
-from circ.weights import WeightRef, in_scope, weight_refs
-from passes.prune import parse_layer_values
+from circ.weights import WeightRef, override_for, parse_layer_values, select_layers
 
 # The paper's relative-index widths (Deep Compression, sec. 4 and Table 2): 8 bits between
 # kept weights of conv layers, 5 bits for fully connected layers.
@@ -83,14 +82,9 @@ class Huffman(Pass):
                                   metadata={"help": "longest Huffman code, in bits"})
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        refs = weight_refs(graph, self.scope)
+        refs = select_layers(graph, self.scope, self.overrides(), ctx)
         if not refs:
-            ctx.decline(None, f"no Conv/ConvTranspose/Gemm/MatMul float weight constants in "
-                              f"scope {self.scope!r}")
             return PassResult(False)
-        for pattern, _ in self.overrides():
-            if not any(in_scope(ref, pattern) for ref in refs):
-                ctx.decline(None, f"layers pattern {pattern!r} matches no selected layer")
         report = {}
         for ref in refs:
             coded = self.code_weight(ref)
@@ -105,10 +99,8 @@ class Huffman(Pass):
         return parse_layer_values(self.layers, "layers", self.name, _index_bits_value)
 
     def index_bits_for(self, ref: WeightRef) -> int:
-        for pattern, bits in self.overrides():
-            if in_scope(ref, pattern):
-                return bits
-        return self.index_bits if self.index_bits is not None else DEFAULT_INDEX_BITS[ref.kind]
+        default = self.index_bits if self.index_bits is not None else DEFAULT_INDEX_BITS[ref.kind]
+        return override_for(ref, self.overrides(), default)
 
     def code_weight(self, ref: WeightRef):
         """The Coded tensor for ``ref``'s weight, or the reason (str) it is left alone."""

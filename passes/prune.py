@@ -15,33 +15,9 @@ from circ.errors import PipelineError
 from circ.graph import Graph
 from circ.passbase import STRUCTURE, Pass, PassContext, PassResult, register_pass
 from circ.tensors import Clustered, Dense, Quantized, Tensor
-from circ.weights import WeightRef, in_scope, weight_refs
+from circ.weights import WeightRef, in_scope, parse_layer_values, weight_refs
 
 DEFAULT_SPARSITY = 0.5
-
-
-def parse_layer_values(text: str, option: str, pass_name: str, convert=float) -> list[tuple[str, object]]:
-    """Per-layer overrides written ``pattern:value;pattern:value`` -> ``[(pattern, value)]``.
-
-    A pattern is what ``scope`` accepts (``conv``, ``fc``, a node or weight name, a shell
-    pattern such as ``layer1.*``); the value is the text after the last ``:``. The first
-    pattern that matches a layer wins. Raises PipelineError naming the option on bad text.
-    """
-    overrides = []
-    where = f"option {option!r} of pass {pass_name!r}"
-    for item in text.split(";"):
-        item = item.strip()
-        if not item:
-            continue
-        pattern, colon, raw = item.rpartition(":")
-        if not colon or not pattern.strip():
-            raise PipelineError(f"{where}: expected pattern:value, got {item!r}")
-        try:
-            value = convert(raw.strip())
-        except ValueError:
-            raise PipelineError(f"{where}: bad value {raw.strip()!r} for {pattern!r}") from None
-        overrides.append((pattern.strip(), value))
-    return overrides
 
 
 def _sparsity_value(text: str) -> float:

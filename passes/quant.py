@@ -11,8 +11,7 @@ from circ.calibrate import Grid, calibrate, grid_for_range
 from circ.graph import Graph, Node, Value
 from circ.passbase import NONE, STRUCTURE, Pass, PassContext, PassResult, register_pass
 from circ.tensors import Quantized
-from circ.weights import WeightRef, in_scope, weight_refs
-from passes.prune import parse_layer_values
+from circ.weights import WeightRef, override_for, parse_layer_values, select_layers
 
 # Inputs of each layer that carry activations (quantized when calibration data is given).
 ACTIVATION_INPUTS = {"Conv": (0,), "ConvTranspose": (0,), "Gemm": (0, 1), "MatMul": (0, 1)}
@@ -97,14 +96,9 @@ class Quantize(Pass):
         "help": "percentile kept by calibration=percentile (each tail)"})
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        refs = weight_refs(graph, self.scope)
+        refs = select_layers(graph, self.scope, self.overrides(), ctx)
         if not refs:
-            ctx.decline(None, f"no Conv/ConvTranspose/Gemm/MatMul weight constants in scope "
-                              f"{self.scope!r}")
             return PassResult(False)
-        for pattern, _ in self.overrides():
-            if not any(in_scope(ref, pattern) for ref in refs):
-                ctx.decline(None, f"layers pattern {pattern!r} matches no selected layer")
         quantized: list[WeightRef] = []
         report = {}
         for ref in refs:
@@ -135,10 +129,7 @@ class Quantize(Pass):
         return parse_layer_values(self.layers, "layers", self.name, _bits_value)
 
     def bits_for(self, ref: WeightRef) -> int:
-        for pattern, bits in self.overrides():
-            if in_scope(ref, pattern):
-                return bits
-        return self.bits
+        return override_for(ref, self.overrides(), self.bits)
 
     def quantize_weight(self, ref: WeightRef, bits: int) -> Quantized:
         """The Quantized tensor for ``ref``'s weight at ``bits`` bits."""
