@@ -32,7 +32,7 @@ import attrs
 import numpy as np
 
 from circ.graph import Graph, Node, Value
-from circ.ops.registry import attr_or_input, known_ints
+from circ.ops.registry import attr_or_input, dim_product, known_ints
 from circ.passbase import STRUCTURE, analysis
 
 # Ops whose output 0 has the channels of input 0 and whose other inputs are not per channel
@@ -401,7 +401,7 @@ class _Builder:
         if atoms is None:
             return
         x = node.inputs[0]
-        spatial = _static_product(x.shape[2:])
+        spatial = dim_product(x.shape[2:])
         if node.attrs.get("axis", 1) != 1 or spatial is None:
             return self.freeze_inputs(node, "Flatten that does not keep the batch axis alone")
         self.set(node.output, np.repeat(atoms, spatial))
@@ -411,7 +411,7 @@ class _Builder:
         if atoms is None:
             return
         x, target, out = node.input(0), node.input(1), node.output
-        spatial = _static_product(x.shape[2:]) if x.shape else None
+        spatial = dim_product(x.shape[2:]) if x.shape else None
         wanted = known_ints(target) if target is not None and target.const is not None else None
         if spatial is None or wanted is None or out.shape is None or len(out.shape) < 2 \
                 or wanted.count(-1) > 1 or len(wanted) != len(out.shape) \
@@ -419,7 +419,7 @@ class _Builder:
             return self.freeze_inputs(node, "Reshape with an unknown target")
         channels = len(atoms)
         same_batch = out.shape[0] == x.shape[0] or wanted[0] == 0
-        if same_batch and out.shape[1] == channels and _static_product(out.shape[2:]) == spatial:
+        if same_batch and out.shape[1] == channels and dim_product(out.shape[2:]) == spatial:
             result = atoms  # only the spatial axes are regrouped
         elif same_batch and len(out.shape) == 2 and out.shape[1] == channels * spatial:
             result = np.repeat(atoms, spatial)  # flatten: C blocks of H*W columns
@@ -590,13 +590,6 @@ def _static_channels(value: Value | None, rank: int | None = None) -> bool:
     return isinstance(value.shape[1], (int, np.integer))
 
 
-def _static_product(dims) -> int | None:
-    total = 1
-    for d in dims:
-        if not isinstance(d, (int, np.integer)):
-            return None
-        total *= int(d)
-    return total
 
 
 def _const_ints(value: Value | None) -> list | None:
