@@ -212,9 +212,13 @@ def kmeans1d(x, k: int, *, init: str = "linear", weights=None, max_iter: int = 3
     if refine is None:
         refine = init in ("random", "kmeans++")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    n_init = max(1, n_init)
+    if init == "kmeans++":  # the restarts' seedings run side by side
+        starts = list(kmeans_plus_plus_batch(data, k, rng, n_init))
+    else:
+        starts = [_initial(data, k, init, rng) for _ in range(n_init)]
     best = None
-    for _ in range(max(1, n_init)):
-        start = _initial(data, k, init, rng)
+    for start in starts:
         result = lloyd(data, start, max_iter=max_iter, tol=tol)
         if refine:
             result = swap_refine(data, result, max_iter=max_iter, tol=tol)
@@ -388,86 +392,99 @@ def _weighted_sample(weights: np.ndarray, count: int, rng: np.random.Generator) 
 
 def kmeans_plus_plus(data: SortedData, k: int, rng: np.random.Generator,
                      trials: Optional[int] = None) -> np.ndarray:
-    """Greedy k-means++ seeds on sorted data, in increasing order (see the module docstring).
+    """Greedy k-means++ seeds on sorted data, in increasing order (see the module docstring)."""
+    return kmeans_plus_plus_batch(data, k, rng, 1, trials)[0]
 
-    The state is the sorted centres, their runs (``edges``) and each run's cost; every
-    step draws ``trials`` candidates by D^2 and scores them all at once.
+
+def kmeans_plus_plus_batch(data: SortedData, k: int, rng: np.random.Generator, count: int,
+                           trials: Optional[int] = None) -> np.ndarray:
+    """``count`` independent greedy k-means++ seedings run side by side: a ``count x k``
+    array, each row increasing (``k`` at most the number of distinct values).
+
+    Every centre of a row owns its run ``values[lo:hi]`` (the points nearest to it) and the
+    run's cost, and knows its left and right neighbours (a linked list in the order of the
+    values; -1 for none), so adding a centre is a few writes and the centres need no sorting
+    until the end. Every step draws ``trials`` candidates per row by D^2 and scores them all
+    at once: a candidate drawn in the run of centre ``j`` lies between ``j`` and one of its
+    neighbours, and only those two runs change. The rows advance together, which shares the
+    per-step Python overhead among the restarts.
     """
+    k = min(k, data.size)
     trials = trials or 2 + int(math.log(k))
-    first = min(int(np.searchsorted(data.cum_w[1:], rng.random() * data.total_weight, side="right")),
-                data.size - 1)
-    centres = data.values[[first]]
-    edges = np.array([0, data.size])
-    costs = np.atleast_1d(data.run_cost(0, data.size, centres[0]))
-    while len(centres) < k:
-        cumulative = np.cumsum(costs)
-        total = cumulative[-1]
-        if total <= 0:
-            break  # every point sits on a centre (not possible with more values than k)
-        targets = rng.random(trials) * total
-        runs = np.minimum(np.searchsorted(cumulative, targets, side="right"), len(costs) - 1)
-        residual = targets - np.concatenate(([0.0], cumulative))[runs]
-        drawn = _draw_in_runs(data, edges[runs], edges[runs + 1], centres[runs], residual)
-        position, split, new_costs, potential = _score(data, centres, edges, costs, total,
-                                                       data.values[drawn])
-        best = int(np.argmin(potential))
-        p = int(position[best])
-        centres = np.insert(centres, p, data.values[drawn[best]])
-        # The boundary between the two neighbours becomes the new centre's two boundaries.
-        edges = np.concatenate((edges[:p], split[:, best], edges[p + 1:]))
-        replaced = slice(max(p - 1, 0), min(p + 1, len(costs)))
-        kept = [new_costs[0, best]] if p > 0 else []
-        kept.append(new_costs[1, best])
-        if p < len(costs):
-            kept.append(new_costs[2, best])
-        costs = np.concatenate((costs[:replaced.start], kept, costs[replaced.stop:]))
-    return centres
+    rows = np.arange(count)[:, None]
+    # Column k is scratch: index -1 (no neighbour) reads and writes it harmlessly.
+    centre = np.zeros((count, k + 1))
+    lo = np.zeros((count, k + 1), np.int64)
+    hi = np.full((count, k + 1), data.size, np.int64)
+    cost = np.zeros((count, k + 1))
+    before = np.full((count, k + 1), -1, np.int64)  # left neighbour
+    after = np.full((count, k + 1), -1, np.int64)  # right neighbour
+    first = np.searchsorted(data.cum_w[1:], rng.random(count) * data.total_weight, side="right")
+    centre[:, 0] = data.values[np.minimum(first, data.size - 1)]
+    cost[:, 0] = data.run_cost(0, data.size, centre[:, 0])
+    for size in range(1, k):
+        # One cumulative sum over all rows: row r's costs occupy [r * size, (r + 1) * size).
+        cumulative = np.cumsum(cost[:, :size])
+        start = np.concatenate(([0.0], cumulative))
+        base, top = start[rows * size], start[(rows + 1) * size]
+        targets = base + rng.random((count, trials)) * (top - base)
+        flat = np.clip(np.searchsorted(cumulative, targets, side="right"),
+                       rows * size, rows * size + size - 1)
+        run = flat - rows * size
+        residual = np.maximum(targets - start[flat], 0.0)
+        owner = centre[rows, run]
+        drawn = data.values[_draw_in_runs(data, lo[rows, run].ravel(), hi[rows, run].ravel(),
+                                          owner.ravel(), residual.ravel())].reshape(count, trials)
+        on_right = drawn > owner
+        left = np.where(on_right, run, before[rows, run])
+        right = np.where(on_right, after[rows, run], run)
+        has_left, has_right = left >= 0, right >= 0
+        left_centre, right_centre = centre[rows, left], centre[rows, right]
+        cut_left = np.where(has_left, np.searchsorted(data.values, 0.5 * (left_centre + drawn)), 0)
+        cut_right = np.where(has_right, np.searchsorted(data.values, 0.5 * (drawn + right_centre)),
+                             data.size)
+        new_left = np.where(has_left, data.run_cost(lo[rows, left], cut_left, left_centre), 0.0)
+        new_middle = data.run_cost(cut_left, cut_right, drawn)
+        new_right = np.where(has_right, data.run_cost(cut_right, hi[rows, right], right_centre),
+                             0.0)
+        # cost[:, k] stays 0, so a missing neighbour removes nothing.
+        change = new_left + new_middle + new_right - cost[rows, left] - cost[rows, right]
+        best = np.argmin(change, axis=1)[:, None]
+        pick = (rows, best)
+        l, r = left[pick], right[pick]
+        centre[:, size:size + 1] = drawn[pick]
+        lo[:, size:size + 1], hi[:, size:size + 1] = cut_left[pick], cut_right[pick]
+        cost[:, size:size + 1] = new_middle[pick]
+        before[:, size:size + 1], after[:, size:size + 1] = l, r
+        # Neighbours that do not exist write to the scratch column, which is then reset.
+        hi[rows, l], cost[rows, l], after[rows, l] = cut_left[pick], new_left[pick], size
+        lo[rows, r], cost[rows, r], before[rows, r] = cut_right[pick], new_right[pick], size
+        cost[:, k] = 0.0
+    return np.sort(centre[:, :k], axis=1)
 
 
-def _draw_in_runs(data: SortedData, lo, hi, centre, residual, fanout: int = 512) -> np.ndarray:
+def _draw_in_runs(data: SortedData, lo, hi, centre, residual, fanout: int = 128) -> np.ndarray:
     """For each run ``values[lo:hi]`` around ``centre``, the point whose D^2 cumulative
-    interval holds ``residual``: the first ``j`` with ``cost(lo, j) > residual`` (the cost
-    prefix is monotone and O(1) to evaluate from the prefix sums), found by a ``fanout``-ary
-    search vectorised over the draws — three rounds for ten million points."""
-    first, last = lo + 1, hi.copy()  # the answer j lies in [first, last]
-    steps = np.arange(1, fanout + 1)
-    while np.any(first < last):
+    interval holds ``residual``: the first ``j`` with ``cost(lo, j + 1) > residual`` (the cost
+    prefix is monotone and O(1) to evaluate from the prefix sums), found by a search that
+    cuts every interval into up to ``fanout`` pieces per round, vectorised over the draws —
+    as few rounds as that allows (three for a million points), with as few pieces as
+    those rounds need, since both the rounds and the pieces cost time."""
+    first, last = lo + 1, hi.copy()  # the answer j + 1 lies in [first, last]
+    picked = np.arange(len(first))
+    while True:
         span = last - first
-        probes = first[:, None] + (span[:, None] * steps) // fanout  # increasing, ends at last
+        widest = int(span.max())
+        if widest == 0:
+            return last - 1
+        rounds = max(1, math.ceil(math.log(widest + 1) / math.log(fanout)))
+        ways = min(widest, math.ceil((widest + 1) ** (1.0 / rounds)))
+        probes = first[:, None] + (span[:, None] * np.arange(ways + 1)) // ways  # first..last
         over = data.run_cost(lo[:, None], probes, centre[:, None]) > residual[:, None]
+        over[:, -1] = True  # rounding may leave no probe over the residual: the last point
         hit = np.argmax(over, axis=1)
-        found = over[np.arange(len(hit)), hit]
-        # Rounding may leave no probe over the residual: then the answer is the last point.
-        new_last = np.where(found, probes[np.arange(len(hit)), hit], last)
-        before = probes[np.arange(len(hit)), np.maximum(hit - 1, 0)] + 1
-        first = np.where(found & (hit > 0), before, np.where(found, first, last))
-        last = new_last
-    return last - 1
-
-
-def _score(data: SortedData, centres, edges, costs, total, values):
-    """Potential after adding each of ``values`` as a centre: only the runs of its two
-    neighbours change, so the new potential costs O(log n) per candidate.
-
-    Returns the insertion positions, the two new boundaries (2 x n), the new costs of the
-    left neighbour, the new centre and the right neighbour (3 x n), and the potentials.
-    """
-    count = len(centres)
-    position = np.searchsorted(centres, values)
-    has_left, has_right = position > 0, position < count
-    left_index, right_index = np.maximum(position - 1, 0), np.minimum(position, count - 1)
-    left_centre, right_centre = centres[left_index], centres[right_index]
-    split_left = np.where(has_left, np.searchsorted(data.values, 0.5 * (left_centre + values)), 0)
-    split_right = np.where(has_right, np.searchsorted(data.values, 0.5 * (values + right_centre)),
-                           data.size)
-    new_left = np.where(has_left, data.run_cost(edges[left_index], split_left, left_centre), 0.0)
-    new_middle = data.run_cost(split_left, split_right, values)
-    new_right = np.where(has_right, data.run_cost(split_right, edges[right_index + 1], right_centre),
-                         0.0)
-    removed = np.where(has_left, costs[left_index], 0.0) + np.where(has_right, costs[right_index], 0.0)
-    potential = total - removed + new_left + new_middle + new_right
-    return (position, np.stack((split_left, split_right)), np.stack((new_left, new_middle, new_right)),
-            potential)
+        last = probes[picked, hit]
+        first = np.where(hit > 0, probes[picked, np.maximum(hit - 1, 0)] + 1, last)
 
 
 def _reseed(data: SortedData, centres, edges, empty) -> np.ndarray:
