@@ -142,9 +142,25 @@ def select_layers(graph: Graph, scope: str, overrides: list, ctx) -> list[Weight
     """:func:`weight_refs` in ``scope`` for a pass; records a decline (through ``ctx``) when
     nothing is in scope and for each override pattern that selects no layer."""
     refs = weight_refs(graph, scope)
+    for node in foldable_weight_layers(graph):
+        ctx.decline(node, "its weight is computed from constants at run time: run fold_constants first")
     if not refs:
         ctx.decline(None, f"no Conv/ConvTranspose/Gemm/MatMul weight constants in scope {scope!r}")
     for pattern, _ in overrides:
         if not any(in_scope(ref, pattern) for ref in refs):
             ctx.decline(None, f"layers pattern {pattern!r} matches no selected layer")
     return refs
+
+
+def foldable_weight_layers(graph: Graph) -> list[Node]:
+    """Layers whose weight input is not a constant but is computed only from constants (e.g.
+    ``Transpose(W)``, the model zoo's ``ConstantOfShape``): fold_constants would make it one."""
+    layers = []
+    for node in graph.nodes:
+        if node.domain not in ("", "ai.onnx") or node.op not in _LAYERS:
+            continue
+        weight = node.input(_LAYERS[node.op][0])
+        producer = weight.producer if weight is not None else None
+        if producer is not None and all(v is None or v.const is not None for v in producer.inputs):
+            layers.append(node)
+    return layers

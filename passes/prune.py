@@ -15,7 +15,7 @@ from circ.errors import PipelineError
 from circ.graph import Graph
 from circ.passbase import STRUCTURE, Pass, PassContext, PassResult, register_pass
 from circ.tensors import Clustered, Dense, Quantized, Tensor
-from circ.weights import WeightRef, in_scope, parse_layer_values, weight_refs
+from circ.weights import WeightRef, in_scope, parse_layer_values, select_layers
 
 DEFAULT_SPARSITY = 0.5
 
@@ -103,14 +103,10 @@ class Prune(Pass):
         self._overrides = parse_layer_values(self.layers, "layers", self.name, _sparsity_value)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        refs = weight_refs(graph, self.scope)
+        refs = select_layers(graph, self.scope, self._overrides, ctx)
         if not refs:
-            ctx.decline(None, f"no Conv/ConvTranspose/Gemm/MatMul weight constants in scope {self.scope!r}")
             return PassResult(False)
         refs = [ref for ref in refs if _supported(ref, ctx)]
-        for pattern, _ in self._overrides:
-            if not any(in_scope(ref, pattern) for ref in refs):
-                ctx.decline(None, f"layers pattern {pattern!r} matches no selected layer")
 
         if self.nm is not None:
             keeps = {id(ref): _nm_keep(ref, *self.nm, ctx) for ref in refs}

@@ -33,3 +33,16 @@ def test_scopes():
     assert [r.name for r in weight_refs(g, "fc*")] == ["fc1"]
     assert [r.name for r in weight_refs(g, "*.w")] == ["conv1", "dw", "fc1", "head"]
     assert weight_refs(g, "nothing*") == []
+
+
+def test_layers_with_computed_weights_are_declined_with_a_hint():
+    from circ.passbase import PassContext
+    from circ.weights import select_layers
+
+    g = Graph(opsets={"": 17})
+    x = g.add_input("x", np.float32, ("N", 4))
+    t = g.add_node("Transpose", [g.add_const("w", np.ones((3, 4), np.float32))])
+    g.outputs.append(g.add_node("MatMul", [x, t.output], name="fc").output)
+    ctx = PassContext()
+    assert select_layers(g, "all", [], ctx) == []
+    assert any("run fold_constants first" in d.reason and "fc" in d.node for d in ctx.declines)
