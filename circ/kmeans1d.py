@@ -75,6 +75,13 @@ class SortedData:
     cum_w: np.ndarray  # length m + 1, cum_w[0] = 0
     cum_x: np.ndarray  # of w * (x - shift)
     cum_xx: np.ndarray  # of w * (x - shift) ** 2
+    # The three as the columns of one (m + 1) x 3 array (the above are views of it when
+    # built by from_data): one gather fetches all three sums at an index.
+    sums: Optional[np.ndarray] = attrs.field(default=None, repr=False)
+
+    def __attrs_post_init__(self):
+        if self.sums is None:
+            self.sums = np.stack((self.cum_w, self.cum_x, self.cum_xx), axis=1)
 
     @classmethod
     def from_data(cls, x, weights=None) -> "SortedData":
@@ -103,15 +110,19 @@ class SortedData:
         total = float(weights.sum())
         shift = float(np.dot(weights, values) / total) if total > 0 else 0.0
         centred = values - shift
+        sums = np.empty((len(values) + 1, 3))
+        sums[0] = 0.0
+        cum_w, cum_x, cum_xx = sums[:, 0], sums[:, 1], sums[:, 2]
         if unit:  # skip multiplying by ones: this is most of the work on big layers
-            cum_w = np.arange(len(values) + 1, dtype=np.float64)
+            cum_w[:] = np.arange(len(values) + 1, dtype=np.float64)
             weighted = centred
         else:
-            cum_w = _prefix(weights)
+            np.cumsum(weights, out=cum_w[1:])
             weighted = weights * centred
-        cum_x = _prefix(weighted)
+        np.cumsum(weighted, out=cum_x[1:])
         weighted *= centred
-        return cls(values, weights, shift, cum_w, cum_x, _prefix(weighted))
+        np.cumsum(weighted, out=cum_xx[1:])
+        return cls(values, weights, shift, cum_w, cum_x, cum_xx, sums)
 
     @property
     def size(self) -> int:
@@ -134,6 +145,13 @@ class SortedData:
         sx = self.cum_x[hi] - self.cum_x[lo]
         sxx = self.cum_xx[hi] - self.cum_xx[lo]
         return np.maximum(sxx - 2.0 * c * sx + c * c * w, 0.0)
+
+    def level(self, index, centre):
+        """``cost(0, index)`` around ``centre`` (arrays broadcast): increasing in ``index``
+        for any centre, and ``level(hi, c) - level(lo, c)`` is the cost of ``values[lo:hi]``."""
+        c = centre - self.shift
+        sums = np.take(self.sums, index, axis=0)  # several times faster than sums[index]
+        return sums[..., 2] + c * (c * sums[..., 0] - 2.0 * sums[..., 1])
 
     def run_mean(self, lo, hi):
         """Weighted mean of values[lo:hi] (non-empty runs)."""
@@ -403,84 +421,90 @@ def kmeans_plus_plus_batch(data: SortedData, k: int, rng: np.random.Generator, c
 
     Every centre of a row owns its run ``values[lo:hi]`` (the points nearest to it) and the
     run's cost, and knows its left and right neighbours (a linked list in the order of the
-    values; -1 for none), so adding a centre is a few writes and the centres need no sorting
-    until the end. Every step draws ``trials`` candidates per row by D^2 and scores them all
-    at once: a candidate drawn in the run of centre ``j`` lies between ``j`` and one of its
+    values), so adding a centre is a few writes and the centres need no sorting until the
+    end. Every step draws ``trials`` candidates per row by D^2 and scores them all at once:
+    a candidate drawn in the run of centre ``j`` lies between ``j`` and one of its
     neighbours, and only those two runs change. The rows advance together, which shares the
     per-step Python overhead among the restarts.
     """
     k = min(k, data.size)
     trials = trials or 2 + int(math.log(k))
     rows = np.arange(count)[:, None]
-    # Column k is scratch: index -1 (no neighbour) reads and writes it harmlessly.
-    centre = np.zeros((count, k + 1))
-    lo = np.zeros((count, k + 1), np.int64)
-    hi = np.full((count, k + 1), data.size, np.int64)
-    cost = np.zeros((count, k + 1))
-    before = np.full((count, k + 1), -1, np.int64)  # left neighbour
-    after = np.full((count, k + 1), -1, np.int64)  # right neighbour
+    # Columns k and k + 1 stand for "no left / right neighbour": centres at -inf / +inf (so
+    # the midpoints cut at 0 / size), empty runs at 0 / size, cost 0.
+    none_left, none_right = k, k + 1
+    centre = np.zeros((count, k + 2))
+    centre[:, none_left], centre[:, none_right] = -np.inf, np.inf
+    lo = np.zeros((count, k + 2), np.int64)
+    hi = np.full((count, k + 2), data.size, np.int64)
+    hi[:, none_left] = lo[:, none_right] = 0
+    lo[:, none_right] = data.size
+    cost = np.zeros((count, k + 2))
+    before = np.full((count, k + 2), none_left)
+    after = np.full((count, k + 2), none_right)
     first = np.searchsorted(data.cum_w[1:], rng.random(count) * data.total_weight, side="right")
     centre[:, 0] = data.values[np.minimum(first, data.size - 1)]
     cost[:, 0] = data.run_cost(0, data.size, centre[:, 0])
+    bounded = (data.values[0], data.values[-1])
     for size in range(1, k):
         # One cumulative sum over all rows: row r's costs occupy [r * size, (r + 1) * size).
+        offset = rows * size
         cumulative = np.cumsum(cost[:, :size])
         start = np.concatenate(([0.0], cumulative))
-        base, top = start[rows * size], start[(rows + 1) * size]
+        base, top = start[offset], start[offset + size]
         targets = base + rng.random((count, trials)) * (top - base)
-        flat = np.clip(np.searchsorted(cumulative, targets, side="right"),
-                       rows * size, rows * size + size - 1)
-        run = flat - rows * size
-        residual = np.maximum(targets - start[flat], 0.0)
+        flat = np.clip(np.searchsorted(cumulative, targets, side="right"), offset,
+                       offset + size - 1)
+        run = flat - offset
         owner = centre[rows, run]
-        drawn = data.values[_draw_in_runs(data, lo[rows, run].ravel(), hi[rows, run].ravel(),
-                                          owner.ravel(), residual.ravel())].reshape(count, trials)
+        drawn = data.values[_draw_in_runs(data, lo[rows, run], hi[rows, run], owner,
+                                          np.maximum(targets - start[flat], 0.0))]
         on_right = drawn > owner
         left = np.where(on_right, run, before[rows, run])
         right = np.where(on_right, after[rows, run], run)
-        has_left, has_right = left >= 0, right >= 0
-        left_centre, right_centre = centre[rows, left], centre[rows, right]
-        cut_left = np.where(has_left, np.searchsorted(data.values, 0.5 * (left_centre + drawn)), 0)
-        cut_right = np.where(has_right, np.searchsorted(data.values, 0.5 * (drawn + right_centre)),
-                             data.size)
-        new_left = np.where(has_left, data.run_cost(lo[rows, left], cut_left, left_centre), 0.0)
-        new_middle = data.run_cost(cut_left, cut_right, drawn)
-        new_right = np.where(has_right, data.run_cost(cut_right, hi[rows, right], right_centre),
-                             0.0)
-        # cost[:, k] stays 0, so a missing neighbour removes nothing.
-        change = new_left + new_middle + new_right - cost[rows, left] - cost[rows, right]
-        best = np.argmin(change, axis=1)[:, None]
-        pick = (rows, best)
+        outer = np.stack((centre[rows, left], centre[rows, right]))
+        cut = np.searchsorted(data.values, 0.5 * (outer + drawn))
+        # Levels at the ends of the three changed runs (left neighbour, new, right neighbour).
+        index = np.stack((lo[rows, left], cut[0], cut[0], cut[1], cut[1], hi[rows, right]))
+        around = np.clip(outer, *bounded)  # a missing neighbour's empty run costs 0
+        levels = data.level(index, np.stack((around[0], around[0], drawn, drawn,
+                                             around[1], around[1])))
+        new = np.maximum(levels[1::2] - levels[0::2], 0.0)
+        change = new.sum(axis=0) - cost[rows, left] - cost[rows, right]
+        pick = (rows, np.argmin(change, axis=1)[:, None])
         l, r = left[pick], right[pick]
         centre[:, size:size + 1] = drawn[pick]
-        lo[:, size:size + 1], hi[:, size:size + 1] = cut_left[pick], cut_right[pick]
-        cost[:, size:size + 1] = new_middle[pick]
+        lo[:, size:size + 1], hi[:, size:size + 1] = cut[0][pick], cut[1][pick]
+        cost[:, size:size + 1] = new[1][pick]
         before[:, size:size + 1], after[:, size:size + 1] = l, r
-        # Neighbours that do not exist write to the scratch column, which is then reset.
-        hi[rows, l], cost[rows, l], after[rows, l] = cut_left[pick], new_left[pick], size
-        lo[rows, r], cost[rows, r], before[rows, r] = cut_right[pick], new_right[pick], size
-        cost[:, k] = 0.0
+        # A missing neighbour's writes leave its column as it was (empty run, cost 0); lo of
+        # none_left and hi of none_right, the only bounds read there, are never written.
+        hi[rows, l], cost[rows, l], after[rows, l] = cut[0][pick], new[0][pick], size
+        lo[rows, r], cost[rows, r], before[rows, r] = cut[1][pick], new[2][pick], size
     return np.sort(centre[:, :k], axis=1)
 
 
 def _draw_in_runs(data: SortedData, lo, hi, centre, residual, fanout: int = 128) -> np.ndarray:
-    """For each run ``values[lo:hi]`` around ``centre``, the point whose D^2 cumulative
-    interval holds ``residual``: the first ``j`` with ``cost(lo, j + 1) > residual`` (the cost
-    prefix is monotone and O(1) to evaluate from the prefix sums), found by a search that
-    cuts every interval into up to ``fanout`` pieces per round, vectorised over the draws —
-    as few rounds as that allows (three for a million points), with as few pieces as
-    those rounds need, since both the rounds and the pieces cost time."""
-    first, last = lo + 1, hi.copy()  # the answer j + 1 lies in [first, last]
+    """For each run ``values[lo:hi]`` around ``centre`` (arrays of one shape), the point
+    whose D^2 cumulative interval holds ``residual``: the first ``j`` with
+    ``cost(lo, j + 1) > residual``, found on the monotone :meth:`SortedData.level` by a
+    search that cuts every interval into up to ``fanout`` pieces per round, vectorised over
+    the draws — as few rounds as that allows (three for a million points), with as few
+    pieces as those rounds need, since both the rounds and the pieces cost time."""
+    shape = lo.shape
+    lo, centre = lo.reshape(-1), centre.reshape(-1, 1)
+    target = data.level(lo, centre[:, 0]) + residual.reshape(-1)
+    first, last = lo + 1, hi.reshape(-1)  # the answer j + 1 lies in [first, last]
     picked = np.arange(len(first))
     while True:
         span = last - first
         widest = int(span.max())
         if widest == 0:
-            return last - 1
+            return (last - 1).reshape(shape)
         rounds = max(1, math.ceil(math.log(widest + 1) / math.log(fanout)))
         ways = min(widest, math.ceil((widest + 1) ** (1.0 / rounds)))
         probes = first[:, None] + (span[:, None] * np.arange(ways + 1)) // ways  # first..last
-        over = data.run_cost(lo[:, None], probes, centre[:, None]) > residual[:, None]
+        over = data.level(probes, centre) > target[:, None]
         over[:, -1] = True  # rounding may leave no probe over the residual: the last point
         hit = np.argmax(over, axis=1)
         last = probes[picked, hit]
