@@ -25,6 +25,7 @@ import subprocess
 import sys
 from typing import Optional, Sequence
 
+import circ
 from circ.cli.common import (
     ArgumentParser,
     UsageError,
@@ -79,17 +80,6 @@ def default_output(model: str) -> str:
     return os.path.splitext(model)[0] + ".svg"
 
 
-def load_model(path: str):
-    """A Graph from ``.circ`` (the container) or ONNX."""
-    from circ.container import is_circ_path, load_circ
-
-    if is_circ_path(path):
-        return load_circ(path)
-    import circ
-
-    return circ.load(path)
-
-
 def _body(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.diff and not args.pipeline:
@@ -110,7 +100,7 @@ def _body(argv: Sequence[str]) -> int:
 
     require_file(args.model, "a model", ModelError)
     check_writable(output, protect=[args.model])
-    graph = load_model(args.model)
+    graph = circ.load(args.model)
 
     from circ import viz
 
