@@ -264,22 +264,23 @@ def lloyd(data: SortedData, centroids, *, max_iter: int = 300, tol: float = 0.0)
     iterations = 0
     while iterations < max_iter:
         edges = data.edges(centres)
-        if previous is not None and np.array_equal(edges, previous):
+        if previous is not None and (edges == previous).all():
             converged = True  # same runs -> same means: a fixed point
             break
-        empty = edges[1:] == edges[:-1]
+        sums = np.diff(np.take(data.sums, edges, axis=0), axis=0)  # per run: w, w x, w x^2
+        weight = sums[:, 0]
+        empty = weight <= 0
         if empty.any():
             centres = _reseed(data, centres, edges, empty)
             reseeded += int(empty.sum())
             previous = None
             iterations += 1
             continue
-        weight = data.cum_w[edges[1:]] - data.cum_w[edges[:-1]]
-        means = (data.cum_x[edges[1:]] - data.cum_x[edges[:-1]]) / weight + data.shift
+        means = sums[:, 1] / weight + data.shift
         # Runs are disjoint and in order, so their means are increasing; the maximum keeps
         # rounding from ever unsorting two nearly equal neighbours.
         means = np.maximum.accumulate(means)
-        moved = float(np.sum((means - centres) ** 2))
+        moved = float(np.sum((means - centres) ** 2)) if threshold > 0 else 0.0
         centres, previous = means, edges
         iterations += 1
         if threshold > 0 and moved <= threshold:
@@ -446,15 +447,15 @@ def kmeans_plus_plus_batch(data: SortedData, k: int, rng: np.random.Generator, c
     centre[:, 0] = data.values[np.minimum(first, data.size - 1)]
     cost[:, 0] = data.run_cost(0, data.size, centre[:, 0])
     bounded = (data.values[0], data.values[-1])
+    start = np.zeros(count * k + 1)
     for size in range(1, k):
-        # One cumulative sum over all rows: row r's costs occupy [r * size, (r + 1) * size).
+        # One cumulative sum over all rows: row r's costs occupy [r * size, (r + 1) * size)
+        # of start[1:]; start[0] = 0.
         offset = rows * size
-        cumulative = np.cumsum(cost[:, :size])
-        start = np.concatenate(([0.0], cumulative))
+        cumulative = np.cumsum(cost[:, :size], out=start[1:count * size + 1])
         base, top = start[offset], start[offset + size]
-        targets = base + rng.random((count, trials)) * (top - base)
-        flat = np.clip(np.searchsorted(cumulative, targets, side="right"), offset,
-                       offset + size - 1)
+        targets = base + rng.random((count, trials)) * (top - base)  # in [base, top]
+        flat = np.minimum(np.searchsorted(cumulative, targets, side="right"), offset + size - 1)
         run = flat - offset
         owner = centre[rows, run]
         drawn = data.values[_draw_in_runs(data, lo[rows, run], hi[rows, run], owner,
