@@ -29,28 +29,51 @@ def pack_codes(words: np.ndarray, codes: np.ndarray, lengths: np.ndarray, start:
     if len(lengths) == 0:
         return start
     lengths = np.asarray(lengths).astype(_U64)
-    ends = np.cumsum(lengths, dtype=_U64)
-    ends += _U64(start)
-    starts = ends - lengths
-    word = (starts >> _U64(6)).astype(np.intp)
-    offset = starts & _U64(63)
-    # Left-align each code in a 64-bit word, then shift it right to its offset: the bits
-    # that fall off the end are the part that spills into the next word.
+    starts = np.cumsum(lengths, dtype=_U64)
+    end = start + int(starts[-1])
+    starts -= lengths
     aligned = np.asarray(codes).astype(_U64) << (_U64(64) - lengths)
-    head = aligned >> offset
-    # Codes never overlap, so OR-reducing the codes that start in the same word assembles it.
-    first = np.flatnonzero(word[1:] != word[:-1]) + 1
-    first = np.concatenate([[0], first])
-    words[word[first]] |= np.bitwise_or.reduceat(head, first)
-    # At most one code per word spills into the next one (the last that starts in it).
-    spill = np.flatnonzero(offset + lengths > _U64(64))
-    words[word[spill] + 1] |= aligned[spill] << (_U64(64) - offset[spill])
-    return int(ends[-1])
+    spare = np.zeros(len(words) + 1, _U64)
+    spare[: len(words)] = words
+    place_aligned(spare, aligned, starts, start)
+    words[:] = spare[: len(words)]
+    return end
+
+
+def place_aligned(words: np.ndarray, aligned: np.ndarray, starts: np.ndarray, start: int = 0) -> None:
+    """OR codes into ``words``: ``aligned[i]`` (``uint64``) holds a code of up to 64 bits in
+    its top bits, to be written from bit ``start + starts[i]``. The starts (an unsigned array)
+    increase, the codes do not overlap, and the word after the last code's first word must
+    exist (the code may spill into it). ``aligned`` and ``starts`` are overwritten: callers
+    pass temporaries, and the encoder's time is mostly memory traffic."""
+    base = start >> 6
+    if start & 63:
+        starts += starts.dtype.type(start & 63)
+    word = starts >> starts.dtype.type(6)
+    # Codes never overlap, so adding the codes that start in one word assembles it: the
+    # difference of running sums (modulo 2**64, exact) at the last code of each word. A code
+    # spills into the next word only if it is the last one starting in its word.
+    last = np.flatnonzero(word[1:] != word[:-1])
+    last = np.append(last, len(word) - 1)
+    at = word[last].astype(np.intp)
+    if base:
+        at += base
+    del word
+    offset = np.bitwise_and(starts, starts.dtype.type(63), out=starts)
+    # aligned << (64 - offset), without the undefined shift by 64 when offset is 0
+    spill = (aligned[last] << _U64(1)) << (_U64(63) - offset[last])
+    total = np.cumsum(np.right_shift(aligned, offset, out=aligned), out=aligned)
+    sums = total[last]
+    sums[1:] -= sums[:-1].copy()
+    words[at] |= sums
+    words[at + 1] |= spill
 
 
 def words_to_bytes(words: np.ndarray, nbits: int) -> bytes:
-    """The first ``ceil(nbits / 8)`` bytes of the stream."""
-    return words.astype(">u8").tobytes()[: (nbits + 7) // 8]
+    """The first ``ceil(nbits / 8)`` bytes of the stream (``words`` is byte-swapped in place
+    on little-endian machines)."""
+    big = words.byteswap(inplace=True).view(">u8") if words.dtype.byteorder != ">" and np.little_endian else words
+    return big.view(np.uint8)[: (nbits + 7) // 8].tobytes()
 
 
 def bytes_to_words(data: bytes, spare: int = 2) -> np.ndarray:

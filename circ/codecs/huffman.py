@@ -22,7 +22,6 @@ A stream with one distinct symbol costs 0 bits per symbol; an empty stream costs
 
 from __future__ import annotations
 
-import heapq
 import math
 from typing import Optional
 
@@ -172,17 +171,36 @@ def code_lengths(counts: np.ndarray, limit: int = MAX_CODE_LENGTH) -> np.ndarray
         return lengths
     if len(present) > 1 << limit:
         raise ValueError(f"{len(present)} symbols do not fit codes of at most {limit} bits")
-    # Huffman's algorithm; node ids: leaves 0..m-1, internal nodes m, m+1, ... in creation order
-    heap = [(int(counts[s]), i) for i, s in enumerate(present)]
-    heapq.heapify(heap)
-    parent = [0] * (2 * len(present) - 1)
-    next_id = len(present)
-    while len(heap) > 1:
-        weight_a, a = heapq.heappop(heap)
-        weight_b, b = heapq.heappop(heap)
-        parent[a] = parent[b] = next_id
-        heapq.heappush(heap, (weight_a + weight_b, next_id))
-        next_id += 1
+    # Huffman's algorithm with two queues (van Leeuwen): leaves sorted by (count, symbol),
+    # and internal nodes, whose weights never decrease in creation order. Taking the smaller
+    # front, a leaf on ties, merges exactly what a heap of (weight, node id) would, with leaf
+    # ids 0..m-1 in symbol order and internal ids m, m+1, ... in creation order.
+    m = len(present)
+    weights = counts[present]
+    order = np.argsort(weights, kind="stable")
+    leaf_ids = order.tolist()
+    leaf_weights = weights[order].tolist()
+    leaf_weights.append(1 << 62)  # sentinels: never the smaller front
+    inner_weights = []
+    parent = [0] * (2 * m - 1)
+    leaf = inner = 0
+    for next_id in range(m, 2 * m - 1):
+        if inner < len(inner_weights) and inner_weights[inner] < leaf_weights[leaf]:
+            first = inner_weights[inner]
+            parent[m + inner] = next_id
+            inner += 1
+        else:
+            first = leaf_weights[leaf]
+            parent[leaf_ids[leaf]] = next_id
+            leaf += 1
+        if inner < len(inner_weights) and inner_weights[inner] < leaf_weights[leaf]:
+            inner_weights.append(first + inner_weights[inner])
+            parent[m + inner] = next_id
+            inner += 1
+        else:
+            inner_weights.append(first + leaf_weights[leaf])
+            parent[leaf_ids[leaf]] = next_id
+            leaf += 1
     depth = [0] * len(parent)
     for node in range(len(parent) - 2, -1, -1):  # parents are created after their children
         depth[node] = depth[parent[node]] + 1
@@ -270,13 +288,44 @@ def group_size(span: int, max_length: int, count: int) -> int:
 
 
 def _joint_table(codes: np.ndarray, lengths: np.ndarray, group: int):
-    """Codes and lengths of every ``group``-symbol sequence, indexed in base ``len(codes)``."""
-    joint_codes, joint_lengths = codes, lengths.astype(np.uint64)
+    """Left-aligned codes (``uint64``, code in the top bits) and lengths (``uint8``) of every
+    ``group``-symbol sequence, indexed in base ``len(codes)``, first symbol most significant."""
+    wide = lengths.astype(np.uint64)
+    # Entries of length 0 (a sequence with an absent symbol, never looked up, or a lone
+    # symbol's empty code) are 0: the shift in two steps avoids the undefined shift by 64.
+    single = (codes << np.uint64(1)) << (np.uint64(63) - wide)
+    joint_aligned, joint_lengths = single, lengths.astype(np.uint8)
     for _ in range(group - 1):
-        joint_codes = ((joint_codes[:, None] << lengths.astype(np.uint64)[None, :])
-                       | codes[None, :]).reshape(-1)
+        joint_aligned = (joint_aligned[:, None] | (single[None, :] >> joint_lengths[:, None])).reshape(-1)
         joint_lengths = (joint_lengths[:, None] + lengths[None, :]).reshape(-1)
-    return joint_codes, joint_lengths
+    return joint_aligned, joint_lengths
+
+
+def _unsigned(symbols: np.ndarray, lo: int, span: int) -> np.ndarray:
+    """``symbols - lo`` as an unsigned array of at most 16 bits (``span`` <= 2**16)."""
+    if symbols.dtype == np.bool_:
+        return symbols.view(np.uint8)
+    size = max(symbols.dtype.itemsize, 1)
+    unsigned = np.dtype(f"u{size}")
+    # Modular arithmetic in the same width gives symbols - lo exactly: it is in 0 .. span-1.
+    shifted = symbols.view(unsigned)
+    if lo:
+        shifted = shifted - unsigned.type(lo % (1 << (8 * size)))
+    if size > 2:
+        shifted = shifted.astype(np.uint8 if span <= 256 else np.uint16)
+    return shifted
+
+
+def _joint_index(chunk: np.ndarray, group: int, span: int) -> np.ndarray:
+    """Index of each whole group of ``group`` symbols in the joint table (< 2**16)."""
+    if group == 1:
+        return chunk
+    whole = len(chunk) // group * group
+    index = chunk[0:whole:group].astype(np.uint16)
+    for k in range(1, group):  # digits of base `span`, first symbol first
+        index *= np.uint16(span)
+        index += chunk[k:whole:group]
+    return index
 
 
 def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[int] = None) -> HuffmanCode:
@@ -291,9 +340,7 @@ def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[in
     span = hi - lo + 1
     if span > MAX_ALPHABET:
         raise ValueError(f"symbols span {span} values; at most {MAX_ALPHABET} are supported")
-    shifted = symbols.astype(np.intp, copy=False)
-    if lo:
-        shifted = shifted - lo
+    shifted = _unsigned(symbols, lo, span)
     counts = np.bincount(shifted, minlength=span)
     lengths = code_lengths(counts, limit)
     if span == 1:
@@ -304,25 +351,37 @@ def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[in
     block = block or block_size(count)
     if block % group:
         block = max(group, block // group * group)
-    joint_codes, joint_lengths = _joint_table(codes, lengths, group)
+    joint_aligned, joint_lengths = _joint_table(codes, lengths, group)
 
-    words = np.zeros(bits.word_count(nbits), np.uint64)
+    words = np.zeros(bits.word_count(nbits, spare=1), np.uint64)
     offsets, position = [], 0
     step = CHUNK // group * group
     for first in range(0, count, step):
         chunk = shifted[first:first + step]
-        whole = len(chunk) // group * group
-        index = chunk[0:whole:group]
-        for k in range(1, group):  # the joint symbol: digits of base `span`, first symbol first
-            index = index * span + chunk[k:whole:group]
-        chunk_codes = np.concatenate([joint_codes[index], codes[chunk[whole:]]])
-        chunk_lengths = np.concatenate([joint_lengths[index], lengths[chunk[whole:]]])
-        starts = np.cumsum(chunk_lengths, dtype=np.uint64) - chunk_lengths + np.uint64(position)
-        # Blocks start at symbols that are multiples of `block`; find the entry that starts
-        # there (joint codes cover `group` symbols, the tail's codes one each).
-        at = np.arange((-first) % block, len(chunk), block)
-        offsets.append(starts[np.where(at < whole, at // group, whole // group + at - whole)])
-        position = bits.pack_codes(words, chunk_codes, chunk_lengths, position)
+        index = _joint_index(chunk, group, span)
+        whole = len(index)
+        # One entry per whole group, then one for the (fewer than `group`) symbols left over.
+        left_over = chunk[whole * group:].tolist()
+        aligned = np.empty(whole + bool(left_over), np.uint64)
+        sizes = np.empty(whole + bool(left_over), np.uint8)
+        np.take(joint_aligned, index, out=aligned[:whole])
+        np.take(joint_lengths, index, out=sizes[:whole])
+        if left_over:
+            code, size = 0, 0
+            for symbol in left_over:
+                code, size = (code << int(lengths[symbol])) | int(codes[symbol]), size + int(lengths[symbol])
+            aligned[whole] = (code << (64 - size)) & ((1 << 64) - 1)
+            sizes[whole] = size
+        # Bit offsets from the chunk's start fit 32 bits (at most CHUNK * 16 of them).
+        starts = np.cumsum(sizes, dtype=np.uint32)
+        end = position + int(starts[-1])
+        starts -= sizes
+        # Blocks start at symbols that are multiples of `block`, itself a multiple of
+        # `group`: at the start of a joint entry (or of the left-over one).
+        at = np.arange((-first) % block, len(chunk), block) // group
+        offsets.append(starts[at].astype(np.uint64) + np.uint64(position))
+        bits.place_aligned(words, aligned, starts, position)
+        position = end
     offsets = np.concatenate(offsets)[1:]
     return HuffmanCode(count, lo, lengths, block, offsets, nbits, bits.words_to_bytes(words, nbits))
 
