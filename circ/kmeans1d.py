@@ -75,13 +75,13 @@ class SortedData:
     cum_w: np.ndarray  # length m + 1, cum_w[0] = 0
     cum_x: np.ndarray  # of w * (x - shift)
     cum_xx: np.ndarray  # of w * (x - shift) ** 2
-    # The three as the columns of one (m + 1) x 3 array (the above are views of it when
-    # built by from_data): one gather fetches all three sums at an index.
+    # The three as the rows of one 3 x (m + 1) array (the above are views of it when built
+    # by from_data): one np.take fetches all three sums at an index.
     sums: Optional[np.ndarray] = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self):
         if self.sums is None:
-            self.sums = np.stack((self.cum_w, self.cum_x, self.cum_xx), axis=1)
+            self.sums = np.stack((self.cum_w, self.cum_x, self.cum_xx))
 
     @classmethod
     def from_data(cls, x, weights=None) -> "SortedData":
@@ -110,9 +110,9 @@ class SortedData:
         total = float(weights.sum())
         shift = float(np.dot(weights, values) / total) if total > 0 else 0.0
         centred = values - shift
-        sums = np.empty((len(values) + 1, 3))
-        sums[0] = 0.0
-        cum_w, cum_x, cum_xx = sums[:, 0], sums[:, 1], sums[:, 2]
+        sums = np.empty((3, len(values) + 1))
+        sums[:, 0] = 0.0
+        cum_w, cum_x, cum_xx = sums
         if unit:  # skip multiplying by ones: this is most of the work on big layers
             cum_w[:] = np.arange(len(values) + 1, dtype=np.float64)
             weighted = centred
@@ -150,8 +150,8 @@ class SortedData:
         """``cost(0, index)`` around ``centre`` (arrays broadcast): increasing in ``index``
         for any centre, and ``level(hi, c) - level(lo, c)`` is the cost of ``values[lo:hi]``."""
         c = centre - self.shift
-        sums = np.take(self.sums, index, axis=0)  # several times faster than sums[index]
-        return sums[..., 2] + c * (c * sums[..., 0] - 2.0 * sums[..., 1])
+        w, x, xx = np.take(self.sums, index, axis=1)  # several times faster than sums[:, index]
+        return xx + c * (c * w - 2.0 * x)
 
     def run_mean(self, lo, hi):
         """Weighted mean of values[lo:hi] (non-empty runs)."""
@@ -267,8 +267,8 @@ def lloyd(data: SortedData, centroids, *, max_iter: int = 300, tol: float = 0.0)
         if previous is not None and (edges == previous).all():
             converged = True  # same runs -> same means: a fixed point
             break
-        sums = np.diff(np.take(data.sums, edges, axis=0), axis=0)  # per run: w, w x, w x^2
-        weight = sums[:, 0]
+        sums = np.diff(np.take(data.sums, edges, axis=1), axis=1)  # per run: w, w x, w x^2
+        weight = sums[0]
         empty = weight <= 0
         if empty.any():
             centres = _reseed(data, centres, edges, empty)
@@ -276,7 +276,7 @@ def lloyd(data: SortedData, centroids, *, max_iter: int = 300, tol: float = 0.0)
             previous = None
             iterations += 1
             continue
-        means = sums[:, 1] / weight + data.shift
+        means = sums[1] / weight + data.shift
         # Runs are disjoint and in order, so their means are increasing; the maximum keeps
         # rounding from ever unsorting two nearly equal neighbours.
         means = np.maximum.accumulate(means)
@@ -491,7 +491,8 @@ def _draw_in_runs(data: SortedData, lo, hi, centre, residual, fanout: int = 128)
     ``cost(lo, j + 1) > residual``, found on the monotone :meth:`SortedData.level` by a
     search that cuts every interval into up to ``fanout`` pieces per round, vectorised over
     the draws — as few rounds as that allows (three for a million points), with as few
-    pieces as those rounds need, since both the rounds and the pieces cost time."""
+    pieces as those rounds need, since both the rounds and the pieces cost time. (Rejection
+    sampling was tried: the outermost runs, which D^2 favours, reject too often.)"""
     shape = lo.shape
     lo, centre = lo.reshape(-1), centre.reshape(-1, 1)
     target = data.level(lo, centre[:, 0]) + residual.reshape(-1)

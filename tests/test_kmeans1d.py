@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from circ.kmeans1d import INITS, SortedData, assign, inertia, kmeans1d, kmeans_plus_plus, lloyd
+from circ.kmeans1d import (INITS, SortedData, _draw_in_runs, assign, inertia, kmeans1d,
+                           kmeans_plus_plus, kmeans_plus_plus_batch, lloyd)
 
 
 def brute_inertia(x, centroids, weights=None):
@@ -142,3 +143,47 @@ def test_kmeanspp_no_worse_than_sklearn(k):
             theirs = KMeans(n_clusters=k, random_state=0).fit(x.reshape(-1, 1))
         reference = inertia(x, np.sort(theirs.cluster_centers_.ravel()))
         assert ours.inertia <= reference, (name, ours.inertia / reference)
+
+
+def test_draw_in_runs_is_the_d2_inverse_cdf():
+    x = np.array([0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 9.5])
+    counts = np.array([1, 2, 1, 3, 1, 1, 2])
+    data = SortedData.from_data(np.repeat(x, counts))
+    for lo, hi, centre in [(0, 7, 2.0), (1, 5, 3.0), (3, 7, 9.5), (0, 3, 0.0)]:
+        mass = counts[lo:hi] * (x[lo:hi] - centre) ** 2
+        cumulative = np.cumsum(mass)
+        # Residuals just inside every point's D^2 interval, and its ends.
+        positive = mass > 0
+        inside = np.concatenate(((cumulative - mass * 0.5)[positive],
+                                 cumulative[positive] - 1e-9 * cumulative[-1], [0.0]))
+        expected = lo + np.searchsorted(cumulative, inside, side="right")
+        count = len(inside)
+        drawn = _draw_in_runs(data, np.full(count, lo), np.full(count, hi), np.full(count, centre),
+                              inside)
+        np.testing.assert_array_equal(drawn, expected)
+        assert np.all(mass[drawn - lo] > 0)  # a point on the centre is never drawn
+
+
+@settings(max_examples=60, deadline=None)
+@given(data_arrays, st.integers(1, 12), st.integers(1, 4), st.integers(0, 3))
+def test_kmeans_plus_plus_batch_rows_are_distinct_sorted_data_points(x, k, count, seed):
+    data = SortedData.from_data(x)
+    seeds = kmeans_plus_plus_batch(data, k, np.random.default_rng(seed), count)
+    again = kmeans_plus_plus_batch(data, k, np.random.default_rng(seed), count)
+    np.testing.assert_array_equal(seeds, again)
+    assert seeds.shape == (count, min(k, data.size))
+    assert np.all(np.isin(seeds, data.values))
+    assert np.all(np.diff(seeds, axis=1) > 0)  # every row sorted and distinct
+    single = kmeans_plus_plus(data, k, np.random.default_rng(seed))
+    if count == 1:
+        np.testing.assert_array_equal(seeds[0], single)
+
+
+def test_kmeans_plus_plus_batch_rows_are_independent_restarts():
+    x = np.random.default_rng(4).standard_normal(20_000)
+    data = SortedData.from_data(x)
+    seeds = kmeans_plus_plus_batch(data, 32, np.random.default_rng(0), 4)
+    assert len({tuple(row) for row in seeds}) == 4
+    # Greedy D^2 seeding is far better than evenly spaced centres on normal data.
+    linear = data.potential(np.linspace(x.min(), x.max(), 32))
+    assert all(data.potential(row) < linear for row in seeds)
