@@ -13,9 +13,25 @@ the codes, never a Python loop over them.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 _U64 = np.uint64
+_SCRATCH = threading.local()
+
+
+def scratch(name: str, size: int, dtype) -> np.ndarray:
+    """A reusable per-thread array of ``size`` elements (contents undefined), kept between
+    calls. Fresh memory costs a page fault per 4 KiB on first touch, which on small streams
+    takes longer than the coding itself; callers bound ``size`` (the encoder works in steps).
+    """
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    dtype = np.dtype(dtype)
+    buffer = buffers.get((name, dtype))
+    if buffer is None or len(buffer) < size:
+        buffer = buffers[(name, dtype)] = np.empty(size, dtype)
+    return buffer[:size]
 
 
 def word_count(nbits: int, spare: int = 0) -> int:
@@ -49,16 +65,16 @@ def place_aligned(words: np.ndarray, aligned: np.ndarray, starts: np.ndarray, st
     base = start >> 6
     if start & 63:
         starts += starts.dtype.type(start & 63)
-    word = starts >> starts.dtype.type(6)
+    word = np.right_shift(starts, starts.dtype.type(6), out=scratch("place.word", len(starts), starts.dtype))
     # Codes never overlap, so adding the codes that start in one word assembles it: the
     # difference of running sums (modulo 2**64, exact) at the last code of each word. A code
     # spills into the next word only if it is the last one starting in its word.
-    last = np.flatnonzero(word[1:] != word[:-1])
+    step = np.not_equal(word[1:], word[:-1], out=scratch("place.step", len(word) - 1, np.bool_))
+    last = np.flatnonzero(step)
     last = np.append(last, len(word) - 1)
     at = word[last].astype(np.intp)
     if base:
         at += base
-    del word
     offset = np.bitwise_and(starts, starts.dtype.type(63), out=starts)
     # aligned << (64 - offset), without the undefined shift by 64 when offset is 0
     spill = (aligned[last] << _U64(1)) << (_U64(63) - offset[last])

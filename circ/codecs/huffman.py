@@ -34,7 +34,7 @@ from circ.codecs.binio import FormatError, Reader, Writer
 MAX_CODE_LENGTH = 16  # as JPEG: the decoder's table has at most 2**16 entries
 LENGTH_BITS = 5  # width of one entry of a stored code-length table (lengths 0..31)
 MAX_ALPHABET = 1 << 16  # span of symbol values one stream may use
-CHUNK = 1 << 20  # symbols packed per step (bounds the encoder's temporary memory)
+STEP = 1 << 19  # symbols coded per step (bounds the encoder's reused scratch memory)
 
 
 @attrs.define(eq=False)
@@ -289,15 +289,22 @@ def group_size(span: int, max_length: int, count: int) -> int:
 
 def _joint_table(codes: np.ndarray, lengths: np.ndarray, group: int):
     """Left-aligned codes (``uint64``, code in the top bits) and lengths (``uint8``) of every
-    ``group``-symbol sequence, indexed in base ``len(codes)``, first symbol most significant."""
+    ``group``-symbol sequence, indexed in base ``len(codes)``, first symbol most significant.
+    The tables are scratch arrays (valid until the next call)."""
+    span = len(codes)
     wide = lengths.astype(np.uint64)
     # Entries of length 0 (a sequence with an absent symbol, never looked up, or a lone
     # symbol's empty code) are 0: the shift in two steps avoids the undefined shift by 64.
     single = (codes << np.uint64(1)) << (np.uint64(63) - wide)
     joint_aligned, joint_lengths = single, lengths.astype(np.uint8)
-    for _ in range(group - 1):
-        joint_aligned = (joint_aligned[:, None] | (single[None, :] >> joint_lengths[:, None])).reshape(-1)
-        joint_lengths = (joint_lengths[:, None] + lengths[None, :]).reshape(-1)
+    for level in range(1, group):
+        size = len(joint_aligned) * span
+        aligned = bits.scratch(f"joint.aligned{level % 2}", size, np.uint64).reshape(-1, span)
+        np.right_shift(single[None, :], joint_lengths[:, None], out=aligned)
+        aligned |= joint_aligned[:, None]
+        sizes = bits.scratch(f"joint.lengths{level % 2}", size, np.uint8).reshape(-1, span)
+        np.add(joint_lengths[:, None], lengths[None, :], out=sizes)
+        joint_aligned, joint_lengths = aligned.reshape(-1), sizes.reshape(-1)
     return joint_aligned, joint_lengths
 
 
@@ -317,15 +324,34 @@ def _unsigned(symbols: np.ndarray, lo: int, span: int) -> np.ndarray:
 
 
 def _joint_index(chunk: np.ndarray, group: int, span: int) -> np.ndarray:
-    """Index of each whole group of ``group`` symbols in the joint table (< 2**16)."""
-    if group == 1:
-        return chunk
+    """Index (a scratch ``intp`` array) of each whole group of ``group`` symbols in the joint
+    table: digits of base ``span``, first symbol first."""
     whole = len(chunk) // group * group
-    index = chunk[0:whole:group].astype(np.uint16)
-    for k in range(1, group):  # digits of base `span`, first symbol first
-        index *= np.uint16(span)
-        index += chunk[k:whole:group]
+    index = bits.scratch("index", whole // group, np.intp)
+    if group == 1:
+        np.copyto(index, chunk)
+        return index
+    np.multiply(chunk[0:whole:group], span, out=index, dtype=np.intp)
+    for k in range(1, group):
+        if k > 1:
+            index *= span
+        np.add(index, chunk[k:whole:group], out=index, dtype=np.intp)
     return index
+
+
+def _count(shifted: np.ndarray, span: int, group: int) -> np.ndarray:
+    """How often each value 0 .. span-1 occurs. Counting the joint indices of ``group``
+    symbols (a fraction as many, spread over more bins) and summing the counts per position
+    in the group is faster than counting the symbols one by one."""
+    counts = np.zeros(span, np.int64)
+    for first in range(0, len(shifted), STEP // group * group):
+        chunk = shifted[first:first + STEP // group * group]
+        index = _joint_index(chunk, group, span)
+        joint = np.bincount(index, minlength=span ** group)
+        for k in range(group):
+            counts += joint.reshape(span ** k, span, -1).sum(axis=(0, 2))
+        counts += np.bincount(chunk[len(index) * group:], minlength=span)
+    return counts
 
 
 def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[int] = None) -> HuffmanCode:
@@ -341,10 +367,13 @@ def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[in
     if span > MAX_ALPHABET:
         raise ValueError(f"symbols span {span} values; at most {MAX_ALPHABET} are supported")
     shifted = _unsigned(symbols, lo, span)
-    counts = np.bincount(shifted, minlength=span)
-    lengths = code_lengths(counts, limit)
     if span == 1:
-        return HuffmanCode(count, lo, lengths, 1, np.zeros(0, np.uint64), 0, b"")
+        return HuffmanCode(count, lo, np.zeros(1, np.uint8), 1, np.zeros(0, np.uint64), 0, b"")
+    # The group depends on the longest code, known only after counting, but is at most the
+    # one for 1-bit codes; a single step keeps its indices when the group stays that one.
+    first_group = group_size(span, 1, count)
+    counts = _count(shifted, span, first_group)
+    lengths = code_lengths(counts, limit)
     codes = canonical_codes(lengths)
     nbits = int(np.dot(counts, lengths.astype(np.int64)))
     group = group_size(span, int(lengths.max()), count)
@@ -355,15 +384,19 @@ def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[in
 
     words = np.zeros(bits.word_count(nbits, spare=1), np.uint64)
     offsets, position = [], 0
-    step = CHUNK // group * group
+    step = STEP // group * group
     for first in range(0, count, step):
         chunk = shifted[first:first + step]
-        index = _joint_index(chunk, group, span)
+        if count > STEP or group != first_group:
+            index = _joint_index(chunk, group, span)
+        else:
+            index = bits.scratch("index", count // group, np.intp)
         whole = len(index)
         # One entry per whole group, then one for the (fewer than `group`) symbols left over.
         left_over = chunk[whole * group:].tolist()
-        aligned = np.empty(whole + bool(left_over), np.uint64)
-        sizes = np.empty(whole + bool(left_over), np.uint8)
+        entries = whole + bool(left_over)
+        aligned = bits.scratch("aligned", entries, np.uint64)
+        sizes = bits.scratch("sizes", entries, np.uint8)
         np.take(joint_aligned, index, out=aligned[:whole])
         np.take(joint_lengths, index, out=sizes[:whole])
         if left_over:
@@ -372,8 +405,8 @@ def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[in
                 code, size = (code << int(lengths[symbol])) | int(codes[symbol]), size + int(lengths[symbol])
             aligned[whole] = (code << (64 - size)) & ((1 << 64) - 1)
             sizes[whole] = size
-        # Bit offsets from the chunk's start fit 32 bits (at most CHUNK * 16 of them).
-        starts = np.cumsum(sizes, dtype=np.uint32)
+        # Bit offsets from the step's start fit 32 bits (at most STEP * 16 of them).
+        starts = np.cumsum(sizes, dtype=np.uint32, out=bits.scratch("starts", entries, np.uint32))
         end = position + int(starts[-1])
         starts -= sizes
         # Blocks start at symbols that are multiples of `block`, itself a multiple of
