@@ -72,17 +72,17 @@ def place_aligned(words: np.ndarray, aligned: np.ndarray, starts: np.ndarray, st
     step = np.not_equal(word[1:], word[:-1], out=scratch("place.step", len(word) - 1, np.bool_))
     last = np.flatnonzero(step)
     last = np.append(last, len(word) - 1)
-    at = word[last].astype(np.intp)
-    if base:
-        at += base
+    # Every word from the first code's to the last code's has a code starting in it (a code
+    # that starts before a word ends inside it), so the words touched are consecutive.
+    at = base + int(word[0])
     offset = np.bitwise_and(starts, starts.dtype.type(63), out=starts)
     # aligned << (64 - offset), without the undefined shift by 64 when offset is 0
     spill = (aligned[last] << _U64(1)) << (_U64(63) - offset[last])
     total = np.cumsum(np.right_shift(aligned, offset, out=aligned), out=aligned)
     sums = total[last]
-    sums[1:] -= sums[:-1].copy()
-    words[at] |= sums
-    words[at + 1] |= spill
+    sums[1:] -= total[last[:-1]]
+    words[at:at + len(last)] |= sums
+    words[at + 1:at + 1 + len(last)] |= spill
 
 
 def words_to_bytes(words: np.ndarray, nbits: int) -> bytes:
