@@ -496,21 +496,25 @@ def _draw_in_runs(data: SortedData, lo, hi, centre, residual, fanout: int = 128)
     shape = lo.shape
     lo, centre = lo.reshape(-1), centre.reshape(-1, 1)
     target = data.level(lo, centre[:, 0]) + residual.reshape(-1)
-    first, last = lo + 1, hi.reshape(-1)  # the answer j + 1 lies in [first, last]
-    picked = np.arange(len(first))
-    while True:
-        span = last - first
-        widest = int(span.max())
-        if widest == 0:
-            return (last - 1).reshape(shape)
-        rounds = max(1, math.ceil(math.log(widest + 1) / math.log(fanout)))
-        ways = min(widest, math.ceil((widest + 1) ** (1.0 / rounds)))
-        probes = first[:, None] + (span[:, None] * np.arange(ways + 1)) // ways  # first..last
+    # Invariant: the answer j + 1 lies in (below, last], and level(below) <= target.
+    below, last = lo, hi.reshape(-1)
+    widest = int((last - below).max())
+    if widest <= 1:
+        return (last - 1).reshape(shape)
+    rounds = max(1, math.ceil(math.log(widest) / math.log(fanout)))
+    ways = math.ceil(widest ** (1.0 / rounds))
+    while ways ** rounds < widest:  # each round divides the span by ways: enough rounds
+        ways += 1
+    steps = np.arange(1, ways + 1)
+    picked = np.arange(len(lo))
+    for _ in range(rounds):
+        probes = below[:, None] + ((last - below)[:, None] * steps) // ways  # ..., last
         over = data.level(probes, centre) > target[:, None]
         over[:, -1] = True  # rounding may leave no probe over the residual: the last point
         hit = np.argmax(over, axis=1)
         last = probes[picked, hit]
-        first = np.where(hit > 0, probes[picked, np.maximum(hit - 1, 0)] + 1, last)
+        below = np.where(hit > 0, probes[picked, hit - 1], below)
+    return (last - 1).reshape(shape)
 
 
 def _reseed(data: SortedData, centres, edges, empty) -> np.ndarray:
