@@ -130,18 +130,11 @@ def _body(argv: Sequence[str]) -> int:
 
 def read_data(path: str) -> dict:
     """The arrays of an ``.npz`` file, name -> array."""
-    import zipfile
-
-    import numpy as np
-
     from circ.errors import DataError
+    from circ.npzio import read_arrays
 
     require_file(path, "an .npz file", DataError)
-    try:
-        with np.load(path, allow_pickle=False) as loaded:
-            return {name: loaded[name] for name in loaded.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, AttributeError) as err:
-        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+    return read_arrays(path)
 
 
 def match_data(path: str, arrays: dict, inputs: list) -> dict:

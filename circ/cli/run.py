@@ -80,16 +80,10 @@ def load_runnable(path: str) -> Runnable:
 
 def read_feeds(path: str, runnable: Runnable) -> dict:
     """The arrays of ``path`` matched to the inputs of ``runnable`` and checked."""
+    from circ.npzio import read_arrays
+
     require_file(path, "an .npz file", DataError)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):  # a .npy file: one array, no name
-            arrays = {"": loaded}
-        else:
-            with loaded:
-                arrays = {name: loaded[name] for name in loaded.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+    arrays = read_arrays(path)  # a .npy file gives one array named ""
 
     names = runnable.inputs
     if len(names) == 1 and len(arrays) == 1:

@@ -130,7 +130,11 @@ class Reader:
         rank = self.u8(f"rank of {what}")
         if rank > MAX_RANK:
             raise FormatError(f"{what} has rank {rank}, more than {MAX_RANK}")
-        return tuple(self.u64(what) for _ in range(rank))
+        shape = tuple(self.u64(what) for _ in range(rank))
+        # A zero-size shape passes every byte-count check, but NumPy refuses dimensions past intp.
+        if count_elements(d for d in shape if d) >= 1 << 62:
+            raise FormatError(f"{what} {shape} is too large")
+        return shape
 
     def array(self, what: str = "array") -> np.ndarray:
         dtype = self.dtype(f"element type of {what}")
