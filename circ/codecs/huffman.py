@@ -432,42 +432,51 @@ def decode(code: HuffmanCode) -> np.ndarray:
         return np.full(code.count, code.lo, dtype)
     lengths = code.lengths.astype(np.int64)
     top = int(lengths.max())
-    # table[next `top` bits] = (code length << 16) | symbol - lo
-    codes = canonical_codes(lengths)
+    # For the next `top` bits: the symbol they start with and its code length. An incomplete
+    # code (only in a corrupt file) leaves entries of length 0 at the end.
     present = np.flatnonzero(lengths)
     order = present[np.lexsort((present, lengths[present]))]
-    table = np.repeat(((lengths[order] << 16) | order).astype(np.int32),
-                      np.left_shift(1, top - lengths[order]))
-    if len(table) < 1 << top:  # an incomplete code (only in a corrupt file): pad with length 0
-        table = np.append(table, np.zeros((1 << top) - len(table), np.int32))
-    del codes
+    repeats = np.left_shift(1, top - lengths[order])
+    filled = min(int(repeats.sum()), 1 << top)
+    symbol_table = np.zeros(1 << top, dtype)
+    length_table = np.zeros(1 << top, np.int64)
+    symbol_table[:filled] = np.repeat((order + code.lo).astype(dtype), repeats)[:filled]
+    length_table[:filled] = np.repeat(lengths[order], repeats)[:filled]
 
     block, count = code.block, code.count
     lanes = -(-count // block)
     # 63-bit windows: window[i] holds stream bits 32*i .. 32*i+62, enough for any offset
     # within a 32-bit word plus a 16-bit code. Spare words: a lane that runs on past the real
-    # symbols (the last one, or any lane of a corrupt stream) stays inside the array.
+    # symbols (the last one, or any lane of a corrupt stream) stays inside the array. The
+    # big arrays are reused scratch (fresh memory costs a page fault per 4 KiB).
     spare = 2 + block * top // 32
-    halves = np.frombuffer(code.data + bytes(-len(code.data) % 4 + 4 * spare), ">u4").astype(np.int64)
-    window = (halves[:-1] << 31) | (halves[1:] >> 1)
+    whole = len(code.data) // 4
+    halves = bits.scratch("decode.halves", whole + 1 + spare, np.int64)
+    halves[:whole] = np.frombuffer(code.data, ">u4", count=whole)
+    halves[whole:] = 0
+    halves[whole] = int.from_bytes(code.data[4 * whole:].ljust(4, b"\0"), "big")
+    window = np.left_shift(halves[:-1], 31, out=bits.scratch("decode.window", len(halves) - 1, np.int64))
+    window |= np.right_shift(halves[1:], 1, out=halves[1:])
     position = np.concatenate([[0], code.offsets]).astype(np.int64)
-    out = np.empty((block, lanes), np.int32)
+    out = bits.scratch("decode.out", block * lanes, dtype).reshape(block, lanes)
     mask, base = (1 << top) - 1, 63 - top
     last_real = count - (lanes - 1) * block  # symbols in the last lane
     end_of_last = 0
+    step = np.empty(lanes, np.int64)
     for j in range(block):
-        bits_now = (window[position >> 5] >> (base - (position & 31))) & mask
-        entry = table[bits_now]
-        out[j] = entry
-        position += entry >> 16
+        np.right_shift(window[position >> 5], base - (position & 31), out=step)
+        step &= mask
+        np.take(symbol_table, step, out=out[j])
+        position += length_table[step]
         if j + 1 == last_real:
             end_of_last = int(position[-1])
     ends = np.append(code.offsets, np.uint64(code.nbits)).astype(np.int64)
     position[-1] = end_of_last
     if not np.array_equal(position, ends):
         raise FormatError("the bitstream does not decode to the stored symbol count and offsets")
-    symbols = out.T.reshape(-1)[:count] & 0xFFFF
-    return (symbols + code.lo).astype(dtype) if code.lo else symbols.astype(dtype)
+    symbols = np.empty(lanes * block, dtype)
+    symbols.reshape(lanes, block)[...] = out.T
+    return symbols[:count]
 
 
 def _symbol_dtype(lo: int, hi: int) -> np.dtype:
