@@ -11,7 +11,7 @@ Size: coded bits (bitstream alone, and with the code table and block offsets) ov
 entropy of the symbols' empirical distribution (target <= 1.02x). Throughput: symbols per
 second of circ's encode (histogram, code, pack) and decode against dahuffman's
 ``HuffmanCodec.from_data`` + ``encode`` and ``decode`` on the same symbols (target >= 50x),
-best of a few runs each.
+best of 3 runs each, for both.
 
 Run: ``python benchmarks/bench_huffman.py``.
 """
@@ -92,8 +92,8 @@ def speed_rows(name: str, symbols: np.ndarray) -> list:
         holder["codec"] = HuffmanCodec.from_data(values)
         holder["bytes"] = holder["codec"].encode(values)
 
-    theirs_encode = best_time(their_encode, repeat=1)
-    theirs_decode = best_time(lambda: holder["codec"].decode(holder["bytes"]), repeat=1)
+    theirs_encode = best_time(their_encode)
+    theirs_decode = best_time(lambda: holder["codec"].decode(holder["bytes"]))
     assert holder["codec"].decode(holder["bytes"]) == values
     n = len(symbols)
     return [[f"{name} encode", f"{n / ours_encode / 1e6:.1f}", f"{n / theirs_encode / 1e6:.2f}",
@@ -114,7 +114,7 @@ def main() -> int:
     print("coded size vs entropy (target <= 1.02x; 'with table' adds the code lengths and block offsets):")
     print(format_table(["stream", "symbols", "entropy b/sym", "coded b/sym", "bitstream", "with table"], sizes))
     print()
-    print("throughput, million symbols per second (best of 3 for circ, 1 run of dahuffman; target >= 50x):")
+    print("throughput, million symbols per second (best of 3 runs each; target >= 50x):")
     print(format_table(["stream", "circ", "dahuffman", "speed-up"], speeds))
     return 0
 

@@ -181,11 +181,11 @@ def code_lengths(counts: np.ndarray, limit: int = MAX_CODE_LENGTH) -> np.ndarray
     leaf_ids = order.tolist()
     leaf_weights = weights[order].tolist()
     leaf_weights.append(1 << 62)  # sentinels: never the smaller front
-    inner_weights = []
+    inner_weights = [1 << 62] * m  # filled in as internal nodes are created
     parent = [0] * (2 * m - 1)
     leaf = inner = 0
-    for next_id in range(m, 2 * m - 1):
-        if inner < len(inner_weights) and inner_weights[inner] < leaf_weights[leaf]:
+    for created, next_id in enumerate(range(m, 2 * m - 1)):
+        if inner_weights[inner] < leaf_weights[leaf]:
             first = inner_weights[inner]
             parent[m + inner] = next_id
             inner += 1
@@ -193,12 +193,12 @@ def code_lengths(counts: np.ndarray, limit: int = MAX_CODE_LENGTH) -> np.ndarray
             first = leaf_weights[leaf]
             parent[leaf_ids[leaf]] = next_id
             leaf += 1
-        if inner < len(inner_weights) and inner_weights[inner] < leaf_weights[leaf]:
-            inner_weights.append(first + inner_weights[inner])
+        if inner_weights[inner] < leaf_weights[leaf]:
+            inner_weights[created] = first + inner_weights[inner]
             parent[m + inner] = next_id
             inner += 1
         else:
-            inner_weights.append(first + leaf_weights[leaf])
+            inner_weights[created] = first + leaf_weights[leaf]
             parent[leaf_ids[leaf]] = next_id
             leaf += 1
     depth = [0] * len(parent)
