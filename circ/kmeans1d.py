@@ -23,8 +23,10 @@ Initialisations (Han et al., Deep Compression, ICLR 2016, section 3.2, compare t
 - ``kmeans++``: greedy D^2 sampling (Arthur & Vassilvitskii 2007; each step draws
   ``2 + ln k`` candidates and keeps the one that lowers the potential most, as scikit-learn
   does). In 1-D the potential of a candidate is evaluated from the prefix sums on the three
-  runs it changes, and drawing a point by D^2 is a binary search, so the whole
-  initialisation costs ``O(k log k log n)`` instead of ``O(n k)``.
+  runs it changes, and drawing a point by D^2 is a search on a monotone prefix-sum
+  expression, so the whole initialisation costs ``O(k (k + log k log n))`` instead of
+  ``O(n k)``. The per-step cost is mostly NumPy call overhead, so the ``n_init`` restarts'
+  seedings run side by side (:func:`kmeans_plus_plus_batch`): three cost little more than one.
 
 Empty clusters (two centroids on the same side of every point, or duplicates from the
 initialisation) are re-seeded deterministically at the data points with the largest squared
