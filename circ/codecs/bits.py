@@ -69,9 +69,10 @@ def place_aligned(words: np.ndarray, aligned: np.ndarray, starts: np.ndarray, st
     # Codes never overlap, so adding the codes that start in one word assembles it: the
     # difference of running sums (modulo 2**64, exact) at the last code of each word. A code
     # spills into the next word only if it is the last one starting in its word.
-    step = np.not_equal(word[1:], word[:-1], out=scratch("place.step", len(word) - 1, np.bool_))
+    step = scratch("place.step", len(word), np.bool_)
+    np.not_equal(word[1:], word[:-1], out=step[:-1])
+    step[-1] = True
     last = np.flatnonzero(step)
-    last = np.append(last, len(word) - 1)
     # Every word from the first code's to the last code's has a code starting in it (a code
     # that starts before a word ends inside it), so the words touched are consecutive.
     at = base + int(word[0])

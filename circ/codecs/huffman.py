@@ -300,7 +300,8 @@ def _joint_table(codes: np.ndarray, lengths: np.ndarray, group: int):
     for level in range(1, group):
         size = len(joint_aligned) * span
         aligned = bits.scratch(f"joint.aligned{level % 2}", size, np.uint64).reshape(-1, span)
-        np.right_shift(single[None, :], joint_lengths[:, None], out=aligned)
+        # (shift counts of the same dtype: a uint8 count would be cast element by element)
+        np.right_shift(single[None, :], joint_lengths.astype(np.uint64)[:, None], out=aligned)
         aligned |= joint_aligned[:, None]
         sizes = bits.scratch(f"joint.lengths{level % 2}", size, np.uint8).reshape(-1, span)
         np.add(joint_lengths[:, None], lengths[None, :], out=sizes)
@@ -348,8 +349,10 @@ def _count(shifted: np.ndarray, span: int, group: int) -> np.ndarray:
         chunk = shifted[first:first + STEP // group * group]
         index = _joint_index(chunk, group, span)
         joint = np.bincount(index, minlength=span ** group)
-        for k in range(group):
-            counts += joint.reshape(span ** k, span, -1).sum(axis=(0, 2))
+        for _ in range(group):  # peel off the first symbol's counts, then count the rest
+            joint = joint.reshape(span, -1)
+            counts += joint.sum(axis=1)
+            joint = joint.sum(axis=0)
         counts += np.bincount(chunk[len(index) * group:], minlength=span)
     return counts
 
