@@ -115,7 +115,9 @@ class HuffmanCode:
         nbits = source.u64(f"bit count of {what}")
         base = source.u64(f"block length base of {what}")
         width = source.u8(f"block length width of {what}")
-        if block < 1 or width > 64:
+        # The decoder loops `block` times and pads by `block` words: a block longer than both
+        # the stream and anything the encoder writes (block_size: at most 1024) is damage.
+        if block < 1 or block > max(count, 1024) or width > 64:
             raise FormatError(f"{what} has block size {block} and offset width {width}")
         # Every symbol takes at least one bit and at most the longest code: the bit count
         # bounds the symbol count, and the stored bytes must hold the bits (both checked
