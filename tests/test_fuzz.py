@@ -339,7 +339,7 @@ def test_seeds_run_cleanly(seeds):
 
 byte_ops = st.lists(st.tuples(st.sampled_from(BYTE_OPS), st.integers(0, 1 << 20),
                               st.binary(min_size=1, max_size=8)), min_size=1, max_size=4)
-FUZZ = settings(max_examples=30, deadline=None, database=None,
+FUZZ = settings(max_examples=400, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
