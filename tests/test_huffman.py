@@ -197,3 +197,12 @@ def test_scratch_reuse_does_not_leak_between_streams():
     assert np.array_equal(huffman.decode(code_a), a)  # decoding `a` reuses `b`'s scratch
     assert np.array_equal(first_b, b)
     assert np.array_equal(huffman.decode(huffman.encode(b)), b)
+
+
+@pytest.mark.parametrize("extra", [-3, -1, 0, 1, 2])
+def test_streams_around_one_encoder_step_roundtrip(extra):
+    # span 32 looks symbols up three at a time: a step of STEP // 3 * 3 symbols, so counts
+    # just below, at and above one step take different paths through the encoder
+    rng = np.random.default_rng(extra + 10)
+    symbols = rng.choice(32, huffman.STEP + extra, p=rng.dirichlet(np.ones(32))).astype(np.int8)
+    assert np.array_equal(huffman.decode(roundtrip(huffman.encode(symbols))), symbols)

@@ -19,15 +19,19 @@ import numpy as np
 
 _U64 = np.uint64
 _SCRATCH = threading.local()
+SCRATCH_BYTES = 8 << 20  # largest array one scratch slot keeps between calls
 
 
 def scratch(name: str, size: int, dtype) -> np.ndarray:
     """A reusable per-thread array of ``size`` elements (contents undefined), kept between
     calls. Fresh memory costs a page fault per 4 KiB on first touch, which on small streams
-    takes longer than the coding itself; callers bound ``size`` (the encoder works in steps).
+    takes longer than the coding itself. Arrays over ``SCRATCH_BYTES`` are fresh each call,
+    so a thread keeps a few tens of MiB at most.
     """
-    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
     dtype = np.dtype(dtype)
+    if size * dtype.itemsize > SCRATCH_BYTES:  # big streams: their own memory, not kept
+        return np.empty(size, dtype)
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
     buffer = buffers.get((name, dtype))
     if buffer is None or len(buffer) < size:
         buffer = buffers[(name, dtype)] = np.empty(size, dtype)

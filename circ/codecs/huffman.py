@@ -342,10 +342,11 @@ def _joint_index(chunk: np.ndarray, group: int, span: int) -> np.ndarray:
     return index
 
 
-def _count(shifted: np.ndarray, span: int, group: int) -> np.ndarray:
-    """How often each value 0 .. span-1 occurs. Counting the joint indices of ``group``
-    symbols (a fraction as many, spread over more bins) and summing the counts per position
-    in the group is faster than counting the symbols one by one."""
+def _count(shifted: np.ndarray, span: int, group: int):
+    """How often each value 0 .. span-1 occurs, and the joint indices of the last step.
+    Counting the joint indices of ``group`` symbols (a fraction as many, spread over more
+    bins) and summing the counts per position in the group is faster than counting the
+    symbols one by one."""
     counts = np.zeros(span, np.int64)
     for first in range(0, len(shifted), STEP // group * group):
         chunk = shifted[first:first + STEP // group * group]
@@ -356,7 +357,7 @@ def _count(shifted: np.ndarray, span: int, group: int) -> np.ndarray:
             counts += joint.sum(axis=1)
             joint = joint.sum(axis=0)
         counts += np.bincount(chunk[len(index) * group:], minlength=span)
-    return counts
+    return counts, index
 
 
 def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[int] = None) -> HuffmanCode:
@@ -377,7 +378,7 @@ def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[in
     # The group depends on the longest code, known only after counting, but is at most the
     # one for 1-bit codes; a single step keeps its indices when the group stays that one.
     first_group = group_size(span, 1, count)
-    counts = _count(shifted, span, first_group)
+    counts, last_index = _count(shifted, span, first_group)
     lengths = code_lengths(counts, limit)
     codes = canonical_codes(lengths)
     nbits = int(np.dot(counts, lengths.astype(np.int64)))
@@ -392,10 +393,10 @@ def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[in
     step = STEP // group * group
     for first in range(0, count, step):
         chunk = shifted[first:first + step]
-        if count > STEP or group != first_group:
+        if count > STEP // first_group * first_group or group != first_group:
             index = _joint_index(chunk, group, span)
-        else:
-            index = bits.scratch("index", count // group, np.intp)
+        else:  # the one step's indices, as counting left them
+            index = last_index
         whole = len(index)
         # One entry per whole group, then one for the (fewer than `group`) symbols left over.
         left_over = chunk[whole * group:].tolist()
@@ -444,7 +445,7 @@ def decode(code: HuffmanCode) -> np.ndarray:
     repeats = np.left_shift(1, top - lengths[order])
     filled = min(int(repeats.sum()), 1 << top)
     symbol_table = np.zeros(1 << top, dtype)
-    length_table = np.zeros(1 << top, np.int64)
+    length_table = np.zeros(1 << top, np.uint8)  # small tables stay in cache
     symbol_table[:filled] = np.repeat((order + code.lo).astype(dtype), repeats)[:filled]
     length_table[:filled] = np.repeat(lengths[order], repeats)[:filled]
 
