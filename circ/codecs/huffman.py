@@ -2,7 +2,10 @@
 
 :func:`encode` turns an array of integers into a :class:`HuffmanCode`; :func:`decode` gives the
 array back exactly. Encoding is a histogram, one Huffman tree over the alphabet (a loop over
-distinct symbols, never over the stream), a table lookup and :func:`~circ.codecs.bits.pack_codes`.
+distinct symbols, never over the stream), a lookup of a few symbols at a time in a joint table
+of left-aligned codes, and :func:`~circ.codecs.bits.place_aligned`. On streams of a few hundred
+thousand symbols the time is mostly memory traffic, so the big temporaries are reused scratch
+arrays (:func:`~circ.codecs.bits.scratch`) and most operations work in place.
 
 Decoding a prefix code is sequential by nature: where symbol ``i + 1`` starts depends on the
 length of symbol ``i``. The stream is therefore cut into blocks of ``block`` symbols whose
