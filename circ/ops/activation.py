@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from circ.ops.registry import (
-    ShapeError, TensorType, broadcast_shapes, kernel, kernel_arg, normalize_axis, same_as_input, shape_rule,
+    ShapeError, TensorType, broadcast_shapes, gradient, kernel, kernel_arg, normalize_axis, same_as_input, shape_rule,
 )
 
 try:  # SciPy is optional; its erf is vectorized C, the fallback is a Python loop
@@ -87,6 +87,19 @@ def _simple(node, x):
     return _SIMPLE[node.op](node, x)
 
 
+_SIMPLE_DERIVATIVES = {
+    "Relu": lambda node, x, y: (x > 0).astype(x.dtype),
+    "LeakyRelu": lambda node, x, y: np.where(x >= 0, 1.0, _attr(node, "alpha", 0.01)),
+    "Sigmoid": lambda node, x, y: y * (1 - y),
+    "Tanh": lambda node, x, y: 1 - y * y,
+}
+
+
+@gradient(*_SIMPLE_DERIVATIVES)
+def _simple_grad(node, inputs, outputs, grad_outputs):
+    return [grad_outputs[0] * _SIMPLE_DERIVATIVES[node.op](node, inputs[0], outputs[0])]
+
+
 # ------------------------------------------------------------------ PRelu
 
 
@@ -124,6 +137,19 @@ def _clip(node, x, low=None, high=None):
     return out.astype(x.dtype, copy=False)
 
 
+@gradient("Clip")
+def _clip_grad(node, inputs, outputs, grad_outputs):
+    x = inputs[0]
+    low = kernel_arg(node, "min", inputs[1] if len(inputs) > 1 else None)
+    high = kernel_arg(node, "max", inputs[2] if len(inputs) > 2 else None)
+    inside = np.ones(x.shape, dtype=bool)
+    if low is not None:
+        inside &= x >= low
+    if high is not None:
+        inside &= x <= high
+    return [grad_outputs[0] * inside] + [None] * (len(inputs) - 1)
+
+
 # ------------------------------------------------------------------ Softmax family
 
 
@@ -156,6 +182,15 @@ def _softmax(node, x):
         return shifted - np.log(np.sum(np.exp(shifted), axis=axes, keepdims=True))
     e = np.exp(shifted)
     return e / np.sum(e, axis=axes, keepdims=True)
+
+
+@gradient("Softmax", "LogSoftmax")
+def _softmax_grad(node, inputs, outputs, grad_outputs):
+    axes = _softmax_axes(node, inputs[0].ndim)
+    y, grad = outputs[0], grad_outputs[0]
+    if node.op == "LogSoftmax":
+        return [grad - np.exp(y) * grad.sum(axis=axes, keepdims=True)]
+    return [y * (grad - (grad * y).sum(axis=axes, keepdims=True))]
 
 
 @kernel("Hardmax")

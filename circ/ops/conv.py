@@ -23,7 +23,7 @@ import attrs
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from circ.ops.registry import ShapeError, TensorType, kernel, shape_rule
+from circ.ops.registry import ShapeError, TensorType, gradient, kernel, shape_rule
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
@@ -244,6 +244,35 @@ def _conv(node, x, w, bias=None):
     if bias is not None:
         out += bias.astype(out.dtype, copy=False).reshape((-1,) + (1,) * len(kernel_dims))
     return out
+
+
+@gradient("Conv")
+def _conv_grad(node, inputs, outputs, grad_outputs):
+    """Gradients of Conv through the im2col matrix: the weight's is ``grad @ cols^T`` summed
+    over the batch; the input's is ``w^T @ grad`` scattered back to the input, one kernel tap
+    at a time (each tap meets distinct input elements, so a plain ``+=`` on its slice is exact)."""
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    grad = grad_outputs[0]
+    win = _kernel_window(node, x.shape[2:], tuple(w.shape[2:]))
+    group = int(node.attrs.get("group", 1))
+    batch, channels = x.shape[:2]
+    depth = channels // group * int(np.prod(win.kernel))
+    pixels = int(np.prod(win.out_dims))
+    padded = fit_windows(x, win)
+    cols = windows_view(padded, win).reshape(batch, group, depth, pixels)
+    grad_cols = grad.reshape(batch, group, w.shape[0] // group, pixels)
+    weights = w.reshape(group, w.shape[0] // group, depth)
+    grad_w = np.matmul(grad_cols, np.swapaxes(cols, -1, -2)).sum(axis=0).reshape(w.shape)
+    grad_windows = np.matmul(np.swapaxes(weights, -1, -2), grad_cols)
+    grad_windows = grad_windows.reshape((batch, channels) + win.kernel + win.out_dims)
+    grad_padded = np.zeros_like(padded)
+    for tap in itertools.product(*(range(k) for k in win.kernel)):
+        grad_padded[tap_slices(win, tap)] += grad_windows[(slice(None), slice(None)) + tap]
+    grad_x = grad_padded[(slice(None), slice(None)) + tuple(
+        slice(b, b + s) for b, s in zip(win.pads_begin, x.shape[2:]))]
+    grad_bias = None if bias is None else grad.sum(axis=(0,) + tuple(range(2, grad.ndim)))
+    return [grad_x, grad_w, grad_bias][: len(inputs)]
 
 
 def _pointwise(padded, w, win, group):

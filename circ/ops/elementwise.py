@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from circ.ops.registry import TensorType, broadcast_shapes, kernel, same_as_input, shape_rule
+from circ.ops.registry import (TensorType, broadcast_shapes, gradient, kernel, same_as_input,
+                               shape_rule)
 
 _BINARY = {
     "Add": np.add,
@@ -90,6 +91,34 @@ def _div(node, a, b):
     return np.divide(a, b).astype(a.dtype, copy=False)
 
 
+def sum_to_shape(grad: np.ndarray, shape) -> np.ndarray:
+    """``grad`` summed over the axes broadcasting added or stretched, so it has ``shape``
+    (the gradient of a broadcast operand)."""
+    shape = tuple(shape)
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = grad.sum(axis=tuple(range(extra)))
+    stretched = tuple(axis for axis, dim in enumerate(shape) if dim == 1 and grad.shape[axis] != 1)
+    if stretched:
+        grad = grad.sum(axis=stretched, keepdims=True)
+    return grad.reshape(shape)
+
+
+@gradient("Add", "Sub", "Mul", "Div")
+def _binary_grad(node, inputs, outputs, grad_outputs):
+    a, b = inputs
+    grad = grad_outputs[0]
+    if node.op == "Add":
+        grads = grad, grad
+    elif node.op == "Sub":
+        grads = grad, -grad
+    elif node.op == "Mul":
+        grads = grad * b, grad * a
+    else:
+        grads = grad / b, -grad * a / (b * b)
+    return [sum_to_shape(g, x.shape) for g, x in zip(grads, (a, b))]
+
+
 @shape_rule("Sum", "Max", "Min", "Mean")
 def _variadic_shape(node):
     first = node.inputs[0]
@@ -124,6 +153,21 @@ shape_rule(*_UNARY)(same_as_input(0))
 @kernel(*_UNARY)
 def _unary(node, x):
     return _UNARY[node.op](x).astype(x.dtype, copy=False)
+
+
+_UNARY_DERIVATIVES = {
+    "Neg": lambda x, y: -np.ones_like(x),
+    "Abs": lambda x, y: np.sign(x),
+    "Sqrt": lambda x, y: 0.5 / y,
+    "Exp": lambda x, y: y,
+    "Log": lambda x, y: 1 / x,
+    "Reciprocal": lambda x, y: -y * y,
+}
+
+
+@gradient(*_UNARY_DERIVATIVES)
+def _unary_grad(node, inputs, outputs, grad_outputs):
+    return [grad_outputs[0] * _UNARY_DERIVATIVES[node.op](inputs[0], outputs[0])]
 
 
 @shape_rule("Where")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from circ.ops.registry import (ShapeError, TensorType, broadcast_shapes, dims_equal, kernel,
-                               shape_rule)
+from circ.ops.elementwise import sum_to_shape
+from circ.ops.registry import (ShapeError, TensorType, broadcast_shapes, dims_equal, gradient,
+                               kernel, shape_rule)
 
 
 @shape_rule("Gemm")
@@ -54,6 +55,21 @@ def _gemm(node, a, b, c=None):
     return out
 
 
+@gradient("Gemm")
+def _gemm_grad(node, inputs, outputs, grad_outputs):
+    a, b, c = (list(inputs) + [None])[:3]
+    grad = grad_outputs[0]
+    trans_a, trans_b = node.attrs.get("transA", 0), node.attrs.get("transB", 0)
+    alpha = node.attrs.get("alpha", 1.0)
+    beta = node.attrs.get("beta", 1.0)
+    left = a.T if trans_a else a
+    right = b.T if trans_b else b
+    grad_left = alpha * (grad @ right.T)
+    grad_right = alpha * (left.T @ grad)
+    grad_c = None if c is None else sum_to_shape(beta * grad, c.shape)
+    return [grad_left.T if trans_a else grad_left, grad_right.T if trans_b else grad_right, grad_c]
+
+
 @shape_rule("MatMul")
 def _matmul_shape(node):
     a, b = node.inputs[0], node.inputs[1]
@@ -77,3 +93,20 @@ def _matmul_shape(node):
 @kernel("MatMul")
 def _matmul(node, a, b):
     return np.matmul(a, b)
+
+
+@gradient("MatMul")
+def _matmul_grad(node, inputs, outputs, grad_outputs):
+    a, b = inputs
+    grad = grad_outputs[0]
+    # 1-D operands work as matrices with a unit axis; the gradient gets that axis back
+    left = a[None, :] if a.ndim == 1 else a
+    right = b[:, None] if b.ndim == 1 else b
+    if b.ndim == 1:
+        grad = grad[..., None]
+    if a.ndim == 1:
+        grad = grad[..., None, :]
+    grad_left = grad @ np.swapaxes(right, -1, -2)
+    grad_right = np.swapaxes(left, -1, -2) @ grad
+    return [sum_to_shape(grad_left, left.shape).reshape(a.shape),
+            sum_to_shape(grad_right, right.shape).reshape(b.shape)]

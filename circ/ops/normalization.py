@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from circ.ops.registry import ShapeError, TensorType, kernel, normalize_axis, shape_rule
+from circ.ops.registry import ShapeError, TensorType, gradient, kernel, normalize_axis, shape_rule
 
 
 def _epsilon(node, default: float = 1e-5) -> float:
@@ -54,6 +54,26 @@ def _batch_norm(node, x, scale, bias, mean, var):
     y += _per_channel(shift.astype(x.dtype), x.ndim)
     extras = [mean, var, mean, inv_std.astype(var.dtype)][: len(node.outputs) - 1]
     return (y, *extras) if extras else y
+
+
+@gradient("BatchNormalization")
+def _batch_norm_grad(node, inputs, outputs, grad_outputs):
+    """Frozen (inference) batch norm: the statistics are inputs like the others, so each gets
+    its partial derivative; a training step simply does not update mean and var."""
+    x, scale, bias, mean, var = inputs
+    grad = grad_outputs[0]
+    rank = x.ndim
+    # per-channel parameters reduce over batch and spatial axes; spatial=0 ones over batch only
+    axes = (0,) + tuple(range(2, rank)) if scale.ndim == 1 else (0,)
+    inv_std = 1.0 / np.sqrt(var + _epsilon(node))
+    centered = x - _per_channel(mean, rank)
+    grad_sum = grad.sum(axis=axes)
+    grad_centered = (grad * centered).sum(axis=axes)
+    grad_x = grad * _per_channel(scale * inv_std, rank)
+    grad_scale = grad_centered * inv_std
+    grad_mean = -grad_sum * scale * inv_std
+    grad_var = -0.5 * grad_centered * scale * inv_std ** 3
+    return [grad_x, grad_scale, grad_sum, grad_mean, grad_var]
 
 
 # ------------------------------------------------------------------ LRN

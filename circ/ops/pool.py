@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from circ.ops.conv import Window, fit_windows, window, windows_view
-from circ.ops.registry import ShapeError, TensorType, kernel, shape_rule
+import itertools
+
+from circ.ops.conv import Window, fit_windows, tap_slices, window, windows_view
+from circ.ops.registry import ShapeError, TensorType, gradient, kernel, shape_rule
 
 
 def _kernel_dims(node) -> tuple:
@@ -112,6 +114,39 @@ def _average_pool(node, x):
     return out
 
 
+def _scatter_taps(x, win: Window, per_tap) -> np.ndarray:
+    """Gradient of a pooling input: ``per_tap(index, tap)`` is what each output position sends
+    to the element kernel tap ``tap`` meets; summed over taps into the padded input, then the
+    padding is cropped away."""
+    grad_padded = np.zeros(fit_windows(x, win).shape, dtype=x.dtype)
+    taps = itertools.product(*(range(k) for k in win.kernel))
+    for index, tap in enumerate(taps):
+        grad_padded[tap_slices(win, tap)] += per_tap(index, tap)
+    return grad_padded[(slice(None), slice(None)) + tuple(
+        slice(b, b + s) for b, s in zip(win.pads_begin, x.shape[2:]))]
+
+
+@gradient("MaxPool")
+def _max_pool_grad(node, inputs, outputs, grad_outputs):
+    """Each window's gradient goes to its first maximum (the element the forward pass picked
+    under ties, as in PyTorch)."""
+    x, grad = inputs[0], grad_outputs[0]
+    win = _run_window(node, x)
+    lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    windows = windows_view(fit_windows(x, win, lowest), win)
+    best = windows.reshape(x.shape[:2] + (-1,) + win.out_dims).argmax(axis=2)
+    return [_scatter_taps(x, win, lambda index, tap: np.where(best == index, grad, 0))]
+
+
+@gradient("AveragePool")
+def _average_pool_grad(node, inputs, outputs, grad_outputs):
+    x = inputs[0]
+    win = _run_window(node, x)
+    include_pad = bool(node.attrs.get("count_include_pad", 0))
+    share = grad_outputs[0] / _window_counts(win, x.shape[2:], include_pad).astype(x.dtype)
+    return [_scatter_taps(x, win, lambda index, tap: share)]
+
+
 def _window_counts(win: Window, in_dims, include_pad: bool) -> np.ndarray:
     """How many taps of each window fall on input elements (or on pads too, with
     ``include_pad``), as an array broadcasting over the output. Never on the extra padding
@@ -145,3 +180,10 @@ def _global_average_pool(node, x):
 @kernel("GlobalMaxPool")
 def _global_max_pool(node, x):
     return x.max(axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+@gradient("GlobalAveragePool")
+def _global_average_pool_grad(node, inputs, outputs, grad_outputs):
+    x = inputs[0]
+    size = int(np.prod(x.shape[2:]))
+    return [np.broadcast_to(grad_outputs[0] / size, x.shape).astype(x.dtype)]

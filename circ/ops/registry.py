@@ -17,6 +17,16 @@ constants ``const``) and returns one :class:`TensorType` per output. It raises
 
 A kernel receives the node and the input arrays (``None`` for an omitted optional input) and
 returns an array, or a tuple of arrays for a multi-output op.
+
+A gradient (``@gradient("Relu")``, next to the kernel) is the op's reverse-mode rule::
+
+    grad(node, inputs, outputs, grad_outputs) -> list[array | None]
+
+``inputs`` are the forward input arrays (``None`` for an omitted optional input), ``outputs``
+the forward results, ``grad_outputs`` one gradient per output (zeros for an output nothing
+reads). It returns one gradient per input, shaped like that input (broadcast operands summed
+back to their shape), or ``None`` for an input with no gradient (shapes, axes, indices).
+:func:`circ.autodiff.backward` calls it; see that module for the graph-level pass.
 """
 
 from __future__ import annotations

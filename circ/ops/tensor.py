@@ -20,7 +20,8 @@ import numpy as np
 
 from circ import dtypes
 from circ.ops.registry import (
-    ShapeError, TensorType, attr_or_input, broadcast_shapes, dim_product, get_op, kernel, kernel_arg,
+    ShapeError, TensorType, attr_or_input, broadcast_shapes, dim_product, get_op, gradient, kernel,
+    kernel_arg,
     known_ints, normalize_axis, shape_rule,
 )
 
@@ -345,6 +346,14 @@ def _flatten(node, x):
     return np.reshape(x, (outer, -1) if outer else (0, int(np.prod(x.shape[axis:], dtype=np.int64))))
 
 
+@gradient("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
+def _reshape_like_grad(node, inputs, outputs, grad_outputs):
+    """Ops that only move (or keep) elements in row-major order: the gradient is the output's
+    gradient reshaped back; shape/axes/ratio inputs get none. Dropout is the identity in
+    inference, the only mode circ runs."""
+    return [grad_outputs[0].reshape(inputs[0].shape)] + [None] * (len(inputs) - 1)
+
+
 # ------------------------------------------------------------------ Transpose
 
 
@@ -369,6 +378,11 @@ def _transpose_shape(node):
 @kernel("Transpose")
 def _transpose(node, x):
     return np.transpose(x, _perm(node, x.ndim))
+
+
+@gradient("Transpose")
+def _transpose_grad(node, inputs, outputs, grad_outputs):
+    return [np.transpose(grad_outputs[0], np.argsort(_perm(node, inputs[0].ndim)))]
 
 
 # ------------------------------------------------------------------ Concat, Split
@@ -414,6 +428,20 @@ def _concat_dim(dims):
 @kernel("Concat")
 def _concat(node, *arrays):
     return np.concatenate([a for a in arrays if a is not None], axis=int(node.attrs["axis"]))
+
+
+@gradient("Concat")
+def _concat_grad(node, inputs, outputs, grad_outputs):
+    axis = int(node.attrs["axis"])
+    grads, start = [], 0
+    for array in inputs:
+        if array is None:
+            grads.append(None)
+            continue
+        size = array.shape[axis]
+        grads.append(np.take(grad_outputs[0], np.arange(start, start + size), axis=axis))
+        start += size
+    return grads
 
 
 def _split_sizes(node, dim, split) -> Optional[list]:
