@@ -1,0 +1,172 @@
+"""The EIE binary program format: a versioned header, the instructions, a CRC-32 trailer.
+
+Layout, little-endian::
+
+    magic  b"CIRCEIE\\0"   8 bytes
+    version u16 (=1), reserved u16 (=0), payload length u64
+    payload: instruction count u32, then per instruction a kind byte and its fields
+    crc32 u32 of everything before it
+
+Strings are u16 length + UTF-8. An SpMV stores its sizes, bit widths and pointer width, the
+codebook and bias as float32, the column pointers as u16 or u32 (as the hardware would,
+:attr:`SpMV.pointer_bits`), and its entries bit-packed: ``v`` bits per codebook index then
+``z`` bits per relative index, so the file size of a layer is its modelled storage plus a few
+header bytes. Reading checks the magic, version, length and checksum before anything else;
+every problem is a BackendError naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import numpy as np
+
+from backends.eie.isa import Load, Program, SpMV, Store
+from circ.errors import BackendError
+
+MAGIC = b"CIRCEIE\0"
+VERSION = 1
+_HEADER = struct.Struct("<8sHHQ")
+_KIND = {Load: 1, SpMV: 2, Store: 3}
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """``values`` (non-negative, < 2**bits) packed ``bits`` each, least significant first."""
+    values = np.asarray(values, dtype=np.uint32)
+    planes = (values[:, None] >> np.arange(bits, dtype=np.uint32)) & 1
+    return np.packbits(planes.astype(np.uint8).ravel(), bitorder="little").tobytes()
+
+
+def unpack_bits(data: bytes, count: int, bits: int) -> np.ndarray:
+    planes = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits,
+                           bitorder="little").reshape(count, bits)
+    return planes.astype(np.int64) @ (np.int64(1) << np.arange(bits, dtype=np.int64))
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return struct.pack("<H", len(raw)) + raw
+
+
+def encode(program: Program) -> bytes:
+    """The binary form of ``program``."""
+    parts = [struct.pack("<I", len(program.instructions))]
+    for ins in program.instructions:
+        parts.append(bytes([_KIND[type(ins)]]))
+        if isinstance(ins, Load):
+            parts += [_string(ins.name), _string(ins.dst), struct.pack("<I", ins.size)]
+        elif isinstance(ins, Store):
+            parts += [_string(ins.src), _string(ins.name)]
+        else:
+            pointer_type = np.uint16 if ins.pointer_bits == 16 else np.uint32
+            parts += [_string(ins.layer), _string(ins.src), _string(ins.dst),
+                      struct.pack("<IIIBBBBQ", ins.rows, ins.cols, ins.pes, ins.v_bits, ins.z_bits,
+                                  int(ins.relu), ins.pointer_bits, ins.entries),
+                      ins.codebook.astype("<f4").tobytes(), ins.bias.astype("<f4").tobytes(),
+                      ins.col_ptr.astype(np.dtype(pointer_type).newbyteorder("<")).tobytes(),
+                      pack_bits(ins.code, ins.v_bits), pack_bits(ins.rel, ins.z_bits)]
+    payload = b"".join(parts)
+    body = _HEADER.pack(MAGIC, VERSION, 0, len(payload)) + payload
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+class _Reader:
+    def __init__(self, data: bytes, position: int, end: int, source: str):
+        self.data, self.position, self.end, self.source = data, position, end, source
+
+    def take(self, count: int) -> bytes:
+        if count < 0 or self.position + count > self.end:
+            raise BackendError(f"{self.source}: corrupt EIE program (field past the end at byte "
+                               f"{self.position})")
+        chunk = self.data[self.position:self.position + count]
+        self.position += count
+        return chunk
+
+    def unpack(self, fmt: str):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+    def string(self) -> str:
+        (length,) = self.unpack("<H")
+        try:
+            return self.take(length).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BackendError(f"{self.source}: corrupt EIE program (bad name)") from None
+
+    def array(self, dtype: str, count: int) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype)
+
+
+def decode(data: bytes, source: str = "<bytes>") -> Program:
+    """Parse the binary form; BackendError naming ``source`` if it is not a valid program."""
+    if len(data) < _HEADER.size + 4:
+        raise BackendError(f"{source}: not an EIE program (truncated: {len(data)} bytes)")
+    magic, version, _, length = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise BackendError(f"{source}: not an EIE program (bad magic)")
+    if version != VERSION:
+        raise BackendError(f"{source}: EIE program format version {version}, this circ reads "
+                           f"version {VERSION}")
+    end = _HEADER.size + length
+    if len(data) != end + 4:
+        raise BackendError(f"{source}: EIE program truncated or padded ({len(data)} bytes, header "
+                           f"says {end + 4})")
+    (stored_crc,) = struct.unpack_from("<I", data, end)
+    if zlib.crc32(data[:end]) != stored_crc:
+        raise BackendError(f"{source}: EIE program checksum mismatch (file is corrupt)")
+    reader = _Reader(data, _HEADER.size, end, source)
+    (count,) = reader.unpack("<I")
+    program = Program()
+    for _ in range(count):
+        kind = reader.take(1)[0]
+        if kind == 1:
+            name, dst = reader.string(), reader.string()
+            program.instructions.append(Load(name, dst, reader.unpack("<I")[0]))
+        elif kind == 3:
+            program.instructions.append(Store(reader.string(), reader.string()))
+        elif kind == 2:
+            program.instructions.append(_read_spmv(reader))
+        else:
+            raise BackendError(f"{source}: corrupt EIE program (unknown instruction kind {kind})")
+    if reader.position != end:
+        raise BackendError(f"{source}: corrupt EIE program (trailing bytes in payload)")
+    return program
+
+
+def _read_spmv(reader: _Reader) -> SpMV:
+    layer, src, dst = reader.string(), reader.string(), reader.string()
+    rows, cols, pes, v_bits, z_bits, relu, pointer_bits, entries = reader.unpack("<IIIBBBBQ")
+    if pes < 1 or not 1 <= v_bits <= 16 or not 2 <= z_bits <= 8 or pointer_bits not in (16, 32):
+        raise BackendError(f"{reader.source}: corrupt EIE program (SpMV {layer!r} header)")
+    codebook = reader.array("<f4", 1 << v_bits)
+    bias = reader.array("<f4", rows)
+    col_ptr = reader.array("<u2" if pointer_bits == 16 else "<u4", pes * (cols + 1))
+    col_ptr = col_ptr.astype(np.int64).reshape(pes, cols + 1)
+    code = unpack_bits(reader.take((entries * v_bits + 7) // 8), entries, v_bits)
+    rel = unpack_bits(reader.take((entries * z_bits + 7) // 8), entries, z_bits)
+    pe_ptr = np.concatenate(([0], np.cumsum(col_ptr[:, -1])))
+    if pe_ptr[-1] != entries:
+        raise BackendError(f"{reader.source}: corrupt EIE program (SpMV {layer!r} pointers)")
+    return SpMV(layer, src, dst, rows, cols, pes, v_bits, z_bits, bool(relu), codebook, bias,
+                pe_ptr, col_ptr, code, rel)
+
+
+def write_program(program: Program, path) -> None:
+    """Write ``program`` to ``path`` atomically."""
+    path = os.fspath(path)
+    temporary = path + ".tmp"
+    with open(temporary, "wb") as handle:
+        handle.write(encode(program))
+    os.replace(temporary, path)
+
+
+def read_program(path) -> Program:
+    """Read a program written by :func:`write_program`; errors name ``path``."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise BackendError(f"{os.fspath(path)}: cannot read EIE program ({error.strerror})") from None
+    return decode(data, os.fspath(path))
