@@ -18,19 +18,48 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 
 from circ.errors import DataError, ModelError
-from circ.graph import Graph, Value
+from circ.graph import Graph, Node, Value
 from circ.interpreter import Interpreter
 from circ.ops import get_op
+from circ.ops.normalization import batch_norm_training, batch_norm_training_grad
 
 ValueRef = Union[str, Value]
 
 
 class Tape(Interpreter):
     """An interpreter that keeps every value's array for :func:`backward` (``self.values``,
-    keyed by ``id(value)``, filled by :meth:`run`)."""
+    keyed by ``id(value)``, filled by :meth:`run`).
 
-    def __init__(self, graph: Graph):
+    With ``training`` set, BatchNormalization nodes with per-channel parameters normalize with
+    the batch's statistics and are differentiated through them; ``self.batch_stats`` maps
+    each such node's name to the batch ``(mean, var)`` of the last run, for the running
+    averages a trainer keeps. Without it (the default) batch norm is frozen: the running
+    statistics are used, and they are inputs like any other.
+    """
+
+    def __init__(self, graph: Graph, *, training: bool = False):
         super().__init__(graph, keep_all=True)
+        self.training = training
+        self.batch_stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def run_node(self, node: Node, args: list[Optional[np.ndarray]]) -> list[np.ndarray]:
+        if self._trains(node):
+            y, mean, var = batch_norm_training(node, *args[:3])
+            self.batch_stats[node.name] = (mean, var)
+            return [y]
+        return super().run_node(node, args)
+
+    def gradient_of(self, node: Node):
+        """The gradient function :func:`backward` uses for ``node``; None when it has none."""
+        if self._trains(node):
+            return batch_norm_training_grad
+        opdef = get_op(node.op, node.domain)
+        return None if opdef is None else opdef.gradient
+
+    def _trains(self, node: Node) -> bool:
+        return (self.training and node.op == "BatchNormalization" and not node.domain
+                and len(node.outputs) == 1 and node.inputs[1].shape is not None
+                and len(node.inputs[1].shape) == 1)
 
     def array(self, value: ValueRef) -> np.ndarray:
         """The array the last :meth:`run` computed for ``value`` (a Value or its name)."""
@@ -59,14 +88,14 @@ def backward(tape: Tape, seeds: Mapping[ValueRef, np.ndarray],
             continue
         if not any(v is not None and id(v) in reached for v in node.inputs):
             continue
-        opdef = get_op(node.op, node.domain)
-        if opdef is None or opdef.gradient is None:
+        gradient = tape.gradient_of(node)
+        if gradient is None:
             raise ModelError(f"cannot differentiate {node.describe()}: op {node.op!r} has no "
                              f"gradient")
         outputs = [tape.values[id(v)] for v in node.outputs]
         grad_outputs = [np.zeros_like(a) if g is None else g for g, a in zip(grad_outputs, outputs)]
         inputs = [None if v is None else tape.values[id(v)] for v in node.inputs]
-        input_grads = opdef.gradient(node, inputs, outputs, grad_outputs)
+        input_grads = gradient(node, inputs, outputs, grad_outputs)
         for value, grad in zip(node.inputs, input_grads):
             if value is None or grad is None or id(value) not in reached:
                 continue

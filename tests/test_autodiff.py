@@ -214,3 +214,56 @@ def test_softmax_cross_entropy_rejects_bad_labels():
         softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 3]))
     with pytest.raises(DataError, match="do not fit"):
         softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1, 2]))
+
+
+def batch_norm_graph(shape):
+    graph = Graph(opsets={"": 17})
+    names = ["x", "scale", "bias", "mean", "var"]
+    shapes = [list(shape)] + [[shape[1]]] * 4
+    values = [graph.add_input(n, np.float64, s) for n, s in zip(names, shapes)]
+    graph.outputs.append(graph.add_node("BatchNormalization", values, {"epsilon": 1e-3}).outputs[0])
+    verify(graph)
+    return graph
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 3, 2)])
+def test_batch_norm_training_mode_matches_torch(shape):
+    import torch
+
+    rng = np.random.default_rng(6)
+    channels = shape[1]
+    feeds = {"x": rng.standard_normal(shape) * 2 + 1, "scale": rng.standard_normal(channels),
+             "bias": rng.standard_normal(channels), "mean": rng.standard_normal(channels),
+             "var": rng.random(channels) + 0.5}
+    graph = batch_norm_graph(shape)
+    tape = Tape(graph, training=True)
+    y = tape.run(feeds)[graph.outputs[0].name]
+    cotangent = rng.standard_normal(shape)
+    grads = backward(tape, {graph.outputs[0]: cotangent}, ["x", "scale", "bias", "mean", "var"])
+
+    x, scale, bias = (torch.tensor(feeds[n], requires_grad=True) for n in ("x", "scale", "bias"))
+    want = torch.nn.functional.batch_norm(x, None, None, scale, bias, training=True, eps=1e-3)
+    want.backward(torch.tensor(cotangent))
+    np.testing.assert_allclose(y, want.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for name, tensor in (("x", x), ("scale", scale), ("bias", bias)):
+        np.testing.assert_allclose(grads[name], tensor.grad.numpy(), rtol=1e-9, atol=1e-12)
+    # the running statistics are not used in training, so they get no gradient
+    assert not grads["mean"].any() and not grads["var"].any()
+    axes = (0,) + tuple(range(2, len(shape)))
+    mean, var = tape.batch_stats[graph.nodes[0].name]
+    np.testing.assert_allclose(mean, feeds["x"].mean(axis=axes))
+    np.testing.assert_allclose(var, feeds["x"].var(axis=axes))
+
+
+def test_batch_norm_frozen_by_default():
+    rng = np.random.default_rng(7)
+    graph = batch_norm_graph((4, 2))
+    feeds = {"x": rng.standard_normal((4, 2)), "scale": np.ones(2), "bias": np.zeros(2),
+             "mean": np.array([1.0, -1.0]), "var": np.array([4.0, 1.0]) - 1e-3}
+    tape = Tape(graph)
+    y = tape.run(feeds)[graph.outputs[0].name]
+    np.testing.assert_allclose(y, (feeds["x"] - feeds["mean"]) / np.array([2.0, 1.0]))
+    grads = backward(tape, {graph.outputs[0]: np.ones((4, 2))}, ["x", "mean"])
+    np.testing.assert_allclose(grads["x"], np.broadcast_to([0.5, 1.0], (4, 2)))
+    np.testing.assert_allclose(grads["mean"], [-2.0, -4.0])
+    assert tape.batch_stats == {}

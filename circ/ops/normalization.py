@@ -76,6 +76,37 @@ def _batch_norm_grad(node, inputs, outputs, grad_outputs):
     return [grad_x, grad_scale, grad_sum, grad_mean, grad_var]
 
 
+def batch_norm_training(node, x, scale, bias):
+    """BatchNormalization as in training: normalized with the batch's own statistics over
+    the batch and spatial axes. Returns ``y`` and the batch mean and (biased, as ONNX's
+    training mode) variance, per channel, for the caller's running averages. Used by
+    :class:`circ.autodiff.Tape` in training mode; the op's kernel stays inference-only."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    mean = x.mean(axis=axes)
+    var = x.var(axis=axes)
+    inv_std = 1.0 / np.sqrt(var + _epsilon(node))
+    normalized = (x - _per_channel(mean, x.ndim)) * _per_channel(inv_std, x.ndim)
+    y = normalized * _per_channel(scale, x.ndim) + _per_channel(bias, x.ndim)
+    return y.astype(x.dtype, copy=False), mean, var
+
+
+def batch_norm_training_grad(node, inputs, outputs, grad_outputs):
+    """Gradient of :func:`batch_norm_training`: through the batch statistics too (Ioffe and
+    Szegedy 2015, section 3); the running mean and var inputs get none."""
+    x, scale = inputs[0], inputs[1]
+    grad = grad_outputs[0]
+    axes = (0,) + tuple(range(2, x.ndim))
+    count = x.size // x.shape[1]
+    inv_std = 1.0 / np.sqrt(x.var(axis=axes) + _epsilon(node))
+    normalized = (x - _per_channel(x.mean(axis=axes), x.ndim)) * _per_channel(inv_std, x.ndim)
+    grad_bias = grad.sum(axis=axes)
+    grad_scale = (grad * normalized).sum(axis=axes)
+    grad_x = _per_channel(scale * inv_std / count, x.ndim) * (
+        count * grad - _per_channel(grad_bias, x.ndim)
+        - normalized * _per_channel(grad_scale, x.ndim))
+    return [grad_x, grad_scale, grad_bias, None, None]
+
+
 # ------------------------------------------------------------------ LRN
 
 
