@@ -117,6 +117,17 @@ def decode_layer(ins: SpMV) -> _Decoded:
     return _Decoded(row[order], weight, col_start, counts)
 
 
+@attrs.define
+class _State:
+    """What a run has computed so far."""
+
+    feeds: dict
+    buffers: dict = attrs.field(factory=dict)
+    outputs: dict = attrs.field(factory=dict)
+    stats: list = attrs.field(factory=list)
+    on_chip: int = 0  # weight bytes of the layers so far; past sram_bytes they spill to DRAM
+
+
 class Simulator:
     """Runs a program on batches; keeps decoded layers between calls."""
 
@@ -131,24 +142,27 @@ class Simulator:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict, list[LayerStats]]:
         """Outputs (name -> array) and per-layer statistics for the whole batch."""
-        buffers: dict[str, np.ndarray] = {}
-        outputs: dict[str, np.ndarray] = {}
-        stats: list[LayerStats] = []
-        on_chip = 0
+        state = _State(dict(feeds))
         for ins in self.program.instructions:
-            if isinstance(ins, Load):
-                buffers[ins.dst] = self._feed(ins, feeds)
-            elif isinstance(ins, SpMV):
-                if ins.src not in buffers:
-                    raise BackendError(f"eie: SpMV {ins.layer!r}: buffer {ins.src!r} was never written")
-                on_chip += ins.storage_bytes
-                buffers[ins.dst], layer_stats = self._spmv(ins, buffers[ins.src], on_chip)
-                stats.append(layer_stats)
-            elif isinstance(ins, Store):
-                if ins.src not in buffers:
-                    raise BackendError(f"eie: Store {ins.name!r}: buffer {ins.src!r} was never written")
-                outputs[ins.name] = buffers[ins.src]
-        return outputs, stats
+            self._execute[type(ins)](self, ins, state)
+        return state.outputs, state.stats
+
+    def _load(self, ins: Load, state: "_State") -> None:
+        state.buffers[ins.dst] = self._feed(ins, state.feeds)
+
+    def _run_spmv(self, ins: SpMV, state: "_State") -> None:
+        if ins.src not in state.buffers:
+            raise BackendError(f"eie: SpMV {ins.layer!r}: buffer {ins.src!r} was never written")
+        state.on_chip += ins.storage_bytes
+        state.buffers[ins.dst], layer_stats = self._spmv(ins, state.buffers[ins.src], state.on_chip)
+        state.stats.append(layer_stats)
+
+    def _store(self, ins: Store, state: "_State") -> None:
+        if ins.src not in state.buffers:
+            raise BackendError(f"eie: Store {ins.name!r}: buffer {ins.src!r} was never written")
+        state.outputs[ins.name] = state.buffers[ins.src]
+
+    _execute = {Load: _load, SpMV: _run_spmv, Store: _store}
 
     @staticmethod
     def _feed(ins: Load, feeds) -> np.ndarray:
