@@ -122,6 +122,31 @@ def test_matmul_and_gemm_options():
     np.testing.assert_allclose(got, reference(graph, x_value), rtol=1e-5, atol=1e-5)
 
 
+def test_onnx_model_with_matmul_add_relu(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    F = onnx.TensorProto.FLOAT
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in [("w0", (64, 32)), ("b0", (32,)), ("w1", (32, 10)), ("b1", (1, 10))]]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["m0"], name="mm0"),
+             helper.make_node("Add", ["m0", "b0"], ["a0"], name="add0"),
+             helper.make_node("Relu", ["a0"], ["r0"], name="relu0"),
+             helper.make_node("MatMul", ["r0", "w1"], ["m1"], name="mm1"),
+             helper.make_node("Add", ["b1", "m1"], ["y"], name="add1")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", F, ["N", 64])],
+                              [helper.make_tensor_value_info("y", F, ["N", 10])], inits)
+    path = tmp_path / "mlp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    compressed = circ.optimize(circ.load(str(path)), "prune(sparsity=0.8),cluster(bits=4)")
+    program = lower(compressed, pes=8)
+    assert [(layer.layer, layer.relu) for layer in program.layers] == [("mm0", True), ("mm1", False)]
+    x = rng.standard_normal((6, 64)).astype(np.float32)
+    got, _ = simulate(program, x)
+    np.testing.assert_allclose(got, reference(compressed, x), rtol=1e-5, atol=1e-5)
+
+
 def test_refuses_convolution_naming_node():
     graph = circ.Graph()
     x = graph.add_input("x", np.float32, ("N", 1, 8, 8))
@@ -153,9 +178,17 @@ def test_refuses_relu_not_after_layer():
     hidden = graph.add_node("Gemm", [x, w], {"transB": 1}, name="fc").output
     graph.outputs.append(graph.add_node("Relu", [x], name="early").output)
     graph = circ.optimize(graph, "cluster(bits=2)")
-    with pytest.raises(BackendError, match="Relu node 'early': a Relu must directly follow"):
+    with pytest.raises(BackendError, match="Relu node 'early': an Add of a constant bias or a Relu must directly follow"):
         lower(graph)
     assert hidden.producer.name == "fc"
+    residual = circ.Graph()
+    x = residual.add_input("x", np.float32, ("N", 8))
+    w = residual.add_const("w", np.ones((8, 8), np.float32))
+    hidden = residual.add_node("Gemm", [x, w], {"transB": 1}, name="fc").output
+    residual.outputs.append(residual.add_node("Add", [hidden, x], name="skip").output)
+    residual = circ.optimize(residual, "cluster(bits=2)")
+    with pytest.raises(BackendError, match="Add node 'skip'"):
+        lower(residual)
 
 
 def test_activation_sparsity_zero_input(mlp):

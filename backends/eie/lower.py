@@ -1,8 +1,9 @@
 """Lowering: a pruned, clustered MLP graph -> an EIE :class:`~backends.eie.isa.Program`.
 
 Accepted graphs: one rank-2 float input (batch, features) feeding a chain of Gemm or MatMul
-layers with constant :class:`~circ.tensors.Clustered` weights, each optionally followed by a
-Relu that is the layer output's only user (fused into the layer). Everything else —
+layers with constant :class:`~circ.tensors.Clustered` weights, each optionally followed by an
+Add of a constant bias and then a Relu, each the only user of what it follows (both fused into
+the layer; exporters write a Linear as MatMul + Add). Everything else —
 convolutions, other ops, branches, unclustered weights, more clusters than ``2**v_bits`` —
 is refused with a :class:`~circ.errors.BackendError` naming the node and why.
 """
@@ -34,7 +35,7 @@ def lower(graph: Graph, *, pes: int = DEFAULT_PES, v_bits: int = DEFAULT_V_BITS,
     if not 2 <= z_bits <= 8:
         raise BackendError(f"eie: option 'z_bits' must be 2..8, got {z_bits}")
     for node in graph.nodes:
-        if node.op not in ("Gemm", "MatMul", "Relu") or node.domain not in ("", "ai.onnx"):
+        if node.op not in ("Gemm", "MatMul", "Add", "Relu") or node.domain not in ("", "ai.onnx"):
             raise BackendError(f"eie: cannot run {node.describe()}: " + (
                 "convolutions are refused for now (no im2col lowering yet)" if "Conv" in node.op
                 else "only Gemm/MatMul layers (each optionally followed by Relu) are supported"))
@@ -46,24 +47,31 @@ def lower(graph: Graph, *, pes: int = DEFAULT_PES, v_bits: int = DEFAULT_V_BITS,
     source = graph.inputs[0]
     program = Program([Load(source.name, "a0", _static_dim(source.shape[1], source.name))])
     buffers = {id(source): "a0"}
-    fused_relus = set()
+    fused = set()
     for node in graph.nodes:
-        if id(node) in fused_relus:
+        if id(node) in fused:
             continue
-        if node.op == "Relu":
-            raise BackendError(f"eie: cannot run {node.describe()}: a Relu must directly "
-                               "follow a Gemm/MatMul layer whose output has no other use")
+        if node.op in ("Add", "Relu"):
+            raise BackendError(f"eie: cannot run {node.describe()}: an Add of a constant bias "
+                               "or a Relu must directly follow a Gemm/MatMul layer whose output "
+                               "has no other use")
         src = node.inputs[0]
         if id(src) not in buffers:
             raise BackendError(f"eie: cannot run {node.describe()}: its input {src.name!r} "
                                "is not the graph input or a previous layer's output")
-        relu = _fusable_relu(graph, node)
         out = node.output
+        add = _sole_user(graph, out, "Add")
+        if add is not None and _constant_operand(add, out) is None:
+            add = None
+        if add is not None:
+            fused.add(id(add))
+            out = add.output
+        relu = _sole_user(graph, out, "Relu")
         if relu is not None:
-            fused_relus.add(id(relu))
+            fused.add(id(relu))
             out = relu.output
         dst = f"a{len(buffers)}"
-        program.instructions.append(_lower_layer(node, buffers[id(src)], dst, relu is not None,
+        program.instructions.append(_lower_layer(node, add, buffers[id(src)], dst, relu is not None,
                                                  pes, v_bits, z_bits, widen))
         buffers[id(out)] = dst
     result = graph.outputs[0]
@@ -79,12 +87,35 @@ def _static_dim(dim, name: str) -> int:
     return dim
 
 
-def _fusable_relu(graph: Graph, node: Node):
-    out = node.output
-    users = out.users
-    if len(users) == 1 and users[0].op == "Relu" and not graph.is_output(out):
+def _sole_user(graph: Graph, value, op: str):
+    """The node using ``value`` if it is the only user, of type ``op``, and ``value`` is not
+    a graph output; else None."""
+    users = value.users
+    if len(users) == 1 and users[0].op == op and not graph.is_output(value):
         return users[0]
     return None
+
+
+def _constant_operand(add: Node, value):
+    """The constant other operand of ``add`` (the one that is not ``value``), or None."""
+    others = [v for v in add.inputs if v is not value]
+    if len(others) == 1 and others[0] is not None and others[0].const is not None:
+        return others[0]
+    return None
+
+
+def _as_row_bias(array: np.ndarray, rows: int, node: Node, what: str) -> np.ndarray:
+    array = np.asarray(array, dtype=np.float64)
+    if array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim > 1:
+        raise BackendError(f"eie: cannot run {node.describe()}: {what} of shape {array.shape} "
+                           f"does not broadcast to ({rows},)")
+    try:
+        return np.broadcast_to(array, (rows,))
+    except ValueError:
+        raise BackendError(f"eie: cannot run {node.describe()}: {what} of shape {array.shape} "
+                           f"does not broadcast to ({rows},)") from None
 
 
 def _layer_operands(node: Node):
@@ -117,22 +148,16 @@ def _layer_operands(node: Node):
     else:
         codes = codes.T
     rows = codes.shape[0]
-    if bias is None:
-        bias = np.zeros(rows)
-    else:
-        if bias.ndim == 2 and bias.shape[0] == 1:
-            bias = bias[0]
-        try:
-            bias = np.broadcast_to(bias, (rows,))
-        except ValueError:
-            raise BackendError(f"eie: cannot run {node.describe()}: bias of shape {bias.shape} "
-                               f"does not broadcast to ({rows},)") from None
+    bias = np.zeros(rows) if bias is None else _as_row_bias(bias, rows, node, "bias")
     return codes, codebook, bias
 
 
-def _lower_layer(node: Node, src: str, dst: str, relu: bool, pes: int, v_bits: int,
+def _lower_layer(node: Node, add, src: str, dst: str, relu: bool, pes: int, v_bits: int,
                  z_bits: int, widen: bool) -> SpMV:
     codes, codebook, bias = _layer_operands(node)
+    if add is not None:
+        extra = _constant_operand(add, node.output).const.to_numpy()
+        bias = bias + _as_row_bias(extra, len(bias), add, "the added constant")
     clusters = len(codebook)
     if clusters > (1 << v_bits):
         needed = int(np.ceil(np.log2(clusters)))
