@@ -80,10 +80,14 @@ class LayerStats:
 class _Decoded:
     """A layer's weights as global CSC: entries sorted by column."""
 
-    row: np.ndarray
+    row: np.ndarray  # int32: cheaper to gather than int64
     weight: np.ndarray
     col_start: np.ndarray  # (cols + 1,)
     entries_per_column: np.ndarray  # (pes, cols), fillers included
+
+    @property
+    def col_length(self) -> np.ndarray:
+        return np.diff(self.col_start)
 
 
 def decode_layer(ins: SpMV) -> _Decoded:
@@ -114,7 +118,7 @@ def decode_layer(ins: SpMV) -> _Decoded:
     order = np.argsort(col, kind="stable")
     col_start = np.searchsorted(col[order], np.arange(cols + 1))
     weight = ins.codebook.astype(np.float64)[code[order]]
-    return _Decoded(row[order], weight, col_start, counts)
+    return _Decoded(row[order].astype(np.int32), weight, col_start, counts)
 
 
 @attrs.define
@@ -179,14 +183,16 @@ class Simulator:
             raise BackendError(f"eie: SpMV {ins.layer!r}: input has {x.shape[1]} columns, "
                                f"layer expects {ins.cols}")
         decoded = self._decoded[id(ins)]
+        col_length = decoded.col_length
         out = np.empty((x.shape[0], ins.rows), dtype=np.float32)
         stats = LayerStats(ins.layer, ins.pes, ins.nnz, ins.entries, ins.storage_bytes)
         local_rows = -(-ins.rows // ins.pes)
         for sample, activations in enumerate(x):
             active = np.flatnonzero(activations)
-            picked = _gather_columns(decoded.col_start, active)
-            cols_of_picked = np.repeat(active, np.diff(decoded.col_start)[active])
-            products = decoded.weight[picked] * activations[cols_of_picked]
+            lengths = col_length[active]
+            picked = _gather_columns(decoded.col_start, active, lengths)
+            broadcast = np.repeat(activations[active].astype(np.float64), lengths)
+            products = decoded.weight[picked] * broadcast
             total = np.bincount(decoded.row[picked], weights=products, minlength=ins.rows)
             # bincount returns int64 when nothing is picked
             total = total.astype(np.float64, copy=False) + ins.bias
@@ -211,13 +217,12 @@ class Simulator:
         return out, stats
 
 
-def _gather_columns(col_start: np.ndarray, columns: np.ndarray) -> np.ndarray:
+def _gather_columns(col_start: np.ndarray, columns: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Indices of every entry in ``columns`` (concatenated ranges, without a Python loop)."""
-    starts = col_start[columns]
-    lengths = col_start[columns + 1] - starts
-    total = int(lengths.sum())
     offsets = np.cumsum(lengths) - lengths
-    return np.repeat(starts - offsets, lengths) + np.arange(total)
+    picked = np.repeat(col_start[columns] - offsets, lengths)
+    picked += np.arange(picked.size)
+    return picked
 
 
 def column_cycles(work: np.ndarray, fifo_depth: int) -> int:
