@@ -24,7 +24,7 @@ from circ.errors import PipelineError
 from circ.graph import Graph, Node
 from circ.passbase import Pass, PassContext, PassResult, register_pass
 from circ.rewrite import Declined, Rewriter
-from circ.weights import WeightRef, weight_refs
+from circ.weights import WeightRef, select_layers
 from passes.svd import factor_weight, split_layer
 
 
@@ -104,9 +104,11 @@ class DepthwiseSeparable(Pass):
             raise PipelineError(f"option 'multiplier' of pass 'depthwise' must be >= 1, got {self.multiplier}")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        refs = [ref for ref in weight_refs(graph, self.scope) if ref.kind == "conv"]
-        if not refs:
+        selected = select_layers(graph, self.scope, [], ctx)
+        refs = [ref for ref in selected if ref.kind == "conv"]
+        if selected and not refs:
             ctx.decline(None, f"no Conv weight constants in scope {self.scope!r}")
+        if not refs:
             return PassResult(False)
         rewriter = Rewriter(graph)
         layers = {}

@@ -24,7 +24,7 @@ from circ.ops.registry import ShapeError
 from circ.passbase import Pass, PassContext, PassResult, register_pass
 from circ.rewrite import Declined, Rewriter
 from circ.tensors import Dense
-from circ.weights import WeightRef, weight_refs
+from circ.weights import WeightRef, select_layers
 
 DEFAULT_RATIO = 0.5
 
@@ -182,9 +182,8 @@ class LowRankSVD(Pass):
             raise PipelineError(f"option 'rank' of pass 'svd' must be >= 1, got {self.rank}")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        refs = weight_refs(graph, self.scope)
+        refs = select_layers(graph, self.scope, [], ctx)
         if not refs:
-            ctx.decline(None, f"no Conv/Gemm/MatMul weight constants in scope {self.scope!r}")
             return PassResult(False)
         rewriter = Rewriter(graph)
         layers = {}

@@ -8,7 +8,7 @@ import numpy as np
 from circ.graph import Graph
 from circ.passbase import STRUCTURE, Pass, PassContext, PassResult, register_pass
 from circ.tensors import Dense, Quantized
-from circ.weights import WeightRef, weight_refs
+from circ.weights import WeightRef, select_layers
 
 
 @register_pass
@@ -58,7 +58,7 @@ class Ternary(Pass):
 
 def float_dense_refs(graph: Graph, scope: str, ctx: PassContext) -> list[WeightRef]:
     """Weights in ``scope`` still held as float Dense arrays; the others are declined."""
-    selected = weight_refs(graph, scope)
+    selected = select_layers(graph, scope, [], ctx)
     refs = []
     for ref in selected:
         if isinstance(ref.value.const, Dense):
@@ -66,8 +66,6 @@ def float_dense_refs(graph: Graph, scope: str, ctx: PassContext) -> list[WeightR
         else:
             kind = type(ref.value.const).__name__
             ctx.decline(ref.node, f"weights are already {kind}; {ctx.current_pass} needs float weights")
-    if not selected:
-        ctx.decline(None, f"no Conv/ConvTranspose/Gemm/MatMul weight constants in scope {scope!r}")
     return refs
 
 
