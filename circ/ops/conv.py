@@ -194,19 +194,26 @@ def _conv_kernel_dims(node, weight_shape) -> Optional[tuple]:
     return tuple(int(d) for d in weight_shape[2:])
 
 
+def _check_operands(node) -> int:
+    """Spatial rank of a Conv/ConvTranspose whose input shape is known; checks the ranks."""
+    x, w = node.inputs[0], node.inputs[1]
+    if len(x.shape) < 3:
+        raise ShapeError(f"{node.op} input must be (N, C, spatial...), got rank {len(x.shape)}")
+    rank = len(x.shape) - 2
+    if w.shape is not None and len(w.shape) != rank + 2:
+        raise ShapeError(f"weight rank {len(w.shape)} does not match input rank {rank + 2}")
+    return rank
+
+
 @shape_rule("Conv")
 def _conv_shape(node):
     x, w = node.inputs[0], node.inputs[1]
     if x.shape is None:
         return [TensorType(x.dtype, None)]
-    if len(x.shape) < 3:
-        raise ShapeError(f"Conv input must be (N, C, spatial...), got rank {len(x.shape)}")
-    rank = len(x.shape) - 2
+    rank = _check_operands(node)
     group = int(node.attrs.get("group", 1))
     out_channels = None
     if w.shape is not None:
-        if len(w.shape) != rank + 2:
-            raise ShapeError(f"weight rank {len(w.shape)} does not match input rank {rank + 2}")
         out_channels = w.shape[0]
         channels, per_group = x.shape[1], w.shape[1]
         if isinstance(channels, int) and isinstance(per_group, int) and channels != per_group * group:
@@ -438,14 +445,10 @@ def _conv_transpose_shape(node):
     x, w = node.inputs[0], node.inputs[1]
     if x.shape is None:
         return [TensorType(x.dtype, None)]
-    if len(x.shape) < 3:
-        raise ShapeError(f"ConvTranspose input must be (N, C, spatial...), got rank {len(x.shape)}")
-    rank = len(x.shape) - 2
+    rank = _check_operands(node)
     group = int(node.attrs.get("group", 1))
     out_channels = None
     if w.shape is not None:
-        if len(w.shape) != rank + 2:
-            raise ShapeError(f"weight rank {len(w.shape)} does not match input rank {rank + 2}")
         if isinstance(w.shape[1], int):
             out_channels = w.shape[1] * group
     kernel_dims = _conv_kernel_dims(node, w.shape)
