@@ -44,6 +44,19 @@ def _onnx_model(op, inputs, attributes, consts, n_outputs, opset, domain):
     return model
 
 
+def make_model(nodes, inputs, outputs, consts, opset=13):
+    """An ONNX model of float ``inputs`` (name -> shape), ``outputs`` (names; types left to
+    inference) and initializers ``consts`` (name -> array), at ``opset``."""
+    graph = helper.make_graph(
+        nodes, "test",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [onnx.ValueInfoProto(name=n) for n in outputs],
+        initializer=[onnx.numpy_helper.from_array(a, n) for n, a in consts.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    return proto
+
+
 def run_onnxruntime(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     import onnxruntime as ort
 

@@ -2,9 +2,10 @@ import numpy as np
 import onnx
 import pytest
 from hypothesis import given, settings, strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from circ.graph import Graph
+from opcheck import make_model as model
 from circ.interpreter import run
 from circ.onnx_export import to_model_proto
 from circ.onnx_import import from_model_proto
@@ -30,19 +31,6 @@ def bn_params(prefix, channels):
 def bn_node(x, y, prefix, **attributes):
     inputs = [x] + [f"{prefix}_{p}" for p in ("scale", "bias", "mean", "var")]
     return helper.make_node("BatchNormalization", inputs, [y], epsilon=1e-3, **attributes)
-
-
-def model(nodes, inputs, outputs, consts, opset=13):
-    """An ONNX model; ``inputs`` maps names to shapes, ``outputs`` lists names (types left to
-    inference)."""
-    graph = helper.make_graph(
-        nodes, "test",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
-        [onnx.ValueInfoProto(name=n) for n in outputs],
-        initializer=[numpy_helper.from_array(a, n) for n, a in consts.items()])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    proto.ir_version = 8
-    return proto
 
 
 def onnxruntime(proto, feeds):

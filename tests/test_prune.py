@@ -4,10 +4,11 @@ import numpy as np
 import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 import circ
 import zoo
+from opcheck import make_model
 from circ.cli import opt
 from circ.errors import PipelineError
 from circ.onnx_export import to_model_proto
@@ -23,17 +24,6 @@ from passes.fold_constants import FoldConstants
 from passes.prune import Prune, smallest
 
 # ----------------------------------------------------------------------------- models
-
-
-def make_model(nodes, inputs, outputs, consts, opset=13):
-    graph = helper.make_graph(
-        nodes, "test",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
-        [onnx.ValueInfoProto(name=n) for n in outputs],
-        initializer=[numpy_helper.from_array(a, n) for n, a in consts.items()])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    proto.ir_version = 8
-    return proto
 
 
 def single_layer(op, weight, **attributes):
