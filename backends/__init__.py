@@ -29,8 +29,10 @@ class Target:
     name: ClassVar[str] = ""
     extension: ClassVar[str] = ""  # e.g. ".eie"
 
-    def lower(self, graph) -> Any:
-        """A program for ``graph`` (a compressed circ Graph), or BackendError naming the node."""
+    def lower(self, graph, data: Mapping[str, Any] | None = None) -> Any:
+        """A program for ``graph`` (a compressed circ Graph), or BackendError naming the node.
+        ``data`` is calibration arrays by input name (``circ-opt --data``); the CLI passes it
+        only when given, so a target that needs none may omit the parameter."""
         raise NotImplementedError
 
     def write(self, program, path: str) -> None:
@@ -61,6 +63,17 @@ class Target:
         """The same statistics as JSON-ready data (for reports)."""
         raise NotImplementedError
 
+    def program_stats(self, program) -> dict:
+        """JSON-ready figures of a lowered program (layers, storage, ...) that ``circ-opt
+        --target`` prints and puts in its report; empty unless a target says more."""
+        return {}
+
+    def option_values(self) -> dict:
+        """The target's options as JSON-ready data (its attrs fields)."""
+        import attrs
+
+        return attrs.asdict(self) if attrs.has(type(self)) else {}
+
 
 def target_class(name: str) -> type:
     """The Target class registered as ``name``."""
@@ -68,7 +81,12 @@ def target_class(name: str) -> type:
     if where is None:
         raise BackendError(f"unknown target {name!r}; valid targets: {', '.join(sorted(TARGETS))}")
     module, _, cls = where.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as err:
+        if err.name is None or not module.startswith(err.name):
+            raise  # a dependency of the backend is missing: a broken install, not a user error
+        raise BackendError(f"target {name!r} is not available in this build of circ") from None
 
 
 def parse_target(text: str) -> Target:
