@@ -15,7 +15,10 @@ Without ``-o`` the result goes to ``MODEL.opt.onnx`` beside the input; the input
 never overwritten. An output named ``*.circ`` is a container (docs/circ-format.md) and the
 summary then adds Deep Compression's per-layer size table. The pipeline is checked before the model is read. A before/after table
 (params, non-zeros, bytes, MACs, nodes) is printed unless ``-q``; ``--report`` writes the
-same figures, every pass's record and the printed pipeline as JSON. Instrument output
+same figures, every pass's record, the printed pipeline and per-layer rows (figures before and
+after, output change on a seeded sample) as JSON; ``--report-html`` shows all of it as one
+self-contained page with weight histograms and the graph drawn before and after
+(:mod:`circ.report_html`). Progress bars go to stderr when it is a terminal, unless ``-q``. Instrument output
 (``--print-ir-after``, ``--time-passes``, ``--pass-stats``) goes to stdout as it happens,
 warnings (an exact pass flagged by ``--verify-numerics``) to stderr.
 """
@@ -43,6 +46,9 @@ def build_parser() -> ArgumentParser:
                         help="where to write the result: ONNX, or a .circ container when the "
                              "name ends in .circ (default: MODEL.opt.onnx)")
     parser.add_argument("--report", metavar="OUT.json", help="write the run's report as JSON")
+    parser.add_argument("--report-html", metavar="OUT.html",
+                        help="write the run's report as one self-contained HTML page (tables, "
+                             "weight histograms, graph before and after)")
     parser.add_argument("--list-passes", action="store_true", help="list the registered passes")
     parser.add_argument("--help-pass", metavar="NAME", help="describe one pass and its options")
     parser.add_argument("--print-ir-after", action="append", metavar="PASS|all",
@@ -58,7 +64,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for passes and sample inputs")
     parser.add_argument("--data", metavar="FILE.npz",
                         help="calibration data for passes (input name -> array), e.g. for quant")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print no summary")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print no summary and no progress")
     return parser
 
 
@@ -70,8 +76,11 @@ def default_output(model: str) -> str:
 
 def _body(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    from circ import progress
     from circ.passmanager import PassManager
     from circ.plugins import load_pass_plugin, registered_passes
+
+    progress.enable(progress.want_progress(args.quiet))
 
     for plugin in args.load_pass_plugin:
         load_pass_plugin(plugin)
@@ -98,6 +107,8 @@ def _body(argv: Sequence[str]) -> int:
     check_writable(output, protect=[model])
     if args.report:
         check_writable(args.report, protect=[model, output])
+    if args.report_html:
+        check_writable(args.report_html, protect=[model, output, args.report])
     data = read_data(args.data) if args.data else None
 
     import circ
@@ -106,8 +117,13 @@ def _body(argv: Sequence[str]) -> int:
     graph = circ.load(model)
     if data is not None:
         manager.data = match_data(args.data, data, [v.name for v in graph.inputs])
+    before = graph.copy() if args.report or args.report_html else None
     result = manager.run(graph)
     report = dict(result.report, input=model, output=output)
+    if before is not None:  # per-layer figures and output change, for both reports
+        from circ.report_html import layer_rows
+
+        report["layers"] = layer_rows(before, graph, seed=args.seed)
     report_text = json.dumps(report, indent=2) + "\n" if args.report else None
 
     saved = circ.save(graph, output, protect=[model])
@@ -118,6 +134,11 @@ def _body(argv: Sequence[str]) -> int:
         report_text = json.dumps(report, indent=2) + "\n" if args.report else None
     if report_text is not None:
         atomic_write(args.report, report_text, protect=[model, output])
+    if args.report_html:
+        from circ.report_html import write_report_html
+
+        write_report_html(args.report_html, report, before, graph,
+                          protect=[p for p in (model, output, args.report) if p])
 
     for message in result.warnings:
         warning(PROG, message)
