@@ -10,6 +10,7 @@ import numpy as np
 from circ.graph import Graph
 from circ.kmeans1d import assign, kmeans1d
 from circ.passbase import STRUCTURE, Pass, PassContext, PassResult, register_pass
+from circ.progress import track
 from circ.tensors import Clustered
 from circ.weights import WeightRef, override_for, parse_layer_values, select_layers
 
@@ -101,7 +102,7 @@ class Cluster(Pass):
         if not refs:
             return PassResult(False)
         report = {}
-        for ref in refs:
+        for ref in track(refs, desc="cluster", unit="layer"):
             tensor, layer_report = self.cluster_weight(ref, ctx)
             if tensor is None:
                 ctx.decline(ref.node, layer_report)

@@ -11,6 +11,7 @@ from circ.codecs import sparse
 from circ.codecs.coded import Coded
 from circ.graph import Graph
 from circ.passbase import STRUCTURE, Pass, PassContext, PassResult, register_pass
+from circ.progress import track
 from circ.tensors import Clustered, Dense, Quantized
 from circ.weights import WeightRef, override_for, parse_layer_values, select_layers
 
@@ -86,7 +87,7 @@ class Huffman(Pass):
         if not refs:
             return PassResult(False)
         report = {}
-        for ref in refs:
+        for ref in track(refs, desc="huffman", unit="layer"):
             coded = self.code_weight(ref)
             if isinstance(coded, str):
                 ctx.decline(ref.node, coded)
