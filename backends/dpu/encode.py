@@ -1,0 +1,192 @@
+"""The DPU binary program format: a versioned header, the tables and instructions, a CRC-32.
+
+Layout, little-endian::
+
+    magic  b"CIRCDPU\\0"   8 bytes
+    version u16 (=1), reserved u16 (=0), payload length u64
+    payload:
+      u32 tensor count, then per tensor: name, u8 rank, u32 dims, i32 exp, u8 signed
+      u32 input count, then per input: graph name, tensor name
+      u32 layer count, then per layer: name, u8 kind, u8 input count, input names, output
+          name, u16 kernel[2], stride[2], pads[4], u32 groups, u8 relu; conv/fc add u8 rank,
+          u32 dims, the int8 weights, i32 w_exp and i32 bias per output channel
+      u32 instruction count, then per instruction: u8 kind (1 load, 2 loadw, 3 conv, 4 fc,
+          5 pool, 6 elew, 7 store) and its fields in order (names as strings, numbers u32)
+      u32 output count, then per output: graph name, tensor name
+    crc32 u32 of everything before it
+
+Strings are u16 length + UTF-8. Reading checks the magic, version, length and checksum before
+anything else; every problem is a one-line BackendError naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import attrs
+import numpy as np
+
+from backends.dpu.isa import LAYER_KINDS, Conv, Elew, Fc, Layer, Load, LoadW, Pool, Program, \
+    Store, TensorDesc
+from circ.errors import BackendError
+from circ.fileio import atomic_write
+
+MAGIC = b"CIRCDPU\0"
+VERSION = 1
+_HEADER = struct.Struct("<8sHHQ")
+_KINDS = {Load: 1, LoadW: 2, Conv: 3, Fc: 4, Pool: 5, Elew: 6, Store: 7}
+_CLASSES = {code: cls for cls, code in _KINDS.items()}
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return struct.pack("<H", len(raw)) + raw
+
+
+def encode(program: Program) -> bytes:
+    """The binary form of ``program``."""
+    parts = [struct.pack("<I", len(program.tensors))]
+    for t in program.tensors.values():
+        parts += [_string(t.name), struct.pack(f"<B{len(t.shape)}I", len(t.shape), *t.shape),
+                  struct.pack("<iB", t.exp, int(t.signed))]
+    parts.append(struct.pack("<I", len(program.inputs)))
+    for name, tensor in program.inputs:
+        parts += [_string(name), _string(tensor)]
+    parts.append(struct.pack("<I", len(program.layers)))
+    for layer in program.layers.values():
+        parts += [_string(layer.name), struct.pack("<BB", LAYER_KINDS.index(layer.kind),
+                                                   len(layer.inputs))]
+        parts += [_string(name) for name in layer.inputs] + [_string(layer.output)]
+        parts.append(struct.pack("<8HIB", *layer.kernel, *layer.stride, *layer.pads,
+                                 layer.groups, int(layer.relu)))
+        if layer.kind in ("conv", "fc"):
+            shape = layer.weights.shape
+            parts += [struct.pack(f"<B{len(shape)}I", len(shape), *shape),
+                      layer.weights.astype(np.int8).tobytes(),
+                      layer.w_exp.astype("<i4").tobytes(), layer.bias.astype("<i4").tobytes()]
+    parts.append(struct.pack("<I", len(program.instructions)))
+    for ins in program.instructions:
+        parts.append(bytes([_KINDS[type(ins)]]))
+        for value in attrs.astuple(ins):
+            parts.append(_string(value) if isinstance(value, str) else struct.pack("<I", value))
+    parts.append(struct.pack("<I", len(program.outputs)))
+    for name, tensor in program.outputs:
+        parts += [_string(name), _string(tensor)]
+    payload = b"".join(parts)
+    body = _HEADER.pack(MAGIC, VERSION, 0, len(payload)) + payload
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+class _Reader:
+    def __init__(self, data: bytes, position: int, end: int, source: str):
+        self.data, self.position, self.end, self.source = data, position, end, source
+
+    def corrupt(self, what: str) -> BackendError:
+        return BackendError(f"{self.source}: corrupt DPU program ({what})")
+
+    def take(self, count: int) -> bytes:
+        if count < 0 or self.position + count > self.end:
+            raise self.corrupt(f"field past the end at byte {self.position}")
+        chunk = self.data[self.position:self.position + count]
+        self.position += count
+        return chunk
+
+    def unpack(self, fmt: str):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+    def string(self) -> str:
+        (length,) = self.unpack("<H")
+        try:
+            return self.take(length).decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.corrupt("bad name") from None
+
+    def shape(self, ranks) -> tuple:
+        (rank,) = self.unpack("<B")
+        if rank not in ranks:
+            raise self.corrupt(f"rank {rank}")
+        dims = self.unpack(f"<{rank}I")
+        if min(dims) < 1 or int(np.prod(dims, dtype=np.float64)) > self.end:
+            raise self.corrupt(f"shape {dims}")
+        return dims
+
+    def array(self, dtype: str, count: int) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype)
+
+
+def decode(data: bytes, source: str = "<bytes>") -> Program:
+    """Parse the binary form; a BackendError naming ``source`` if it is not a valid program."""
+    if len(data) < _HEADER.size + 4:
+        raise BackendError(f"{source}: not a DPU program (truncated: {len(data)} bytes)")
+    magic, version, _, length = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise BackendError(f"{source}: not a DPU program (bad magic)")
+    if version != VERSION:
+        raise BackendError(f"{source}: DPU program format version {version}, this circ reads "
+                           f"version {VERSION}")
+    end = _HEADER.size + length
+    if len(data) != end + 4:
+        raise BackendError(f"{source}: DPU program truncated or padded ({len(data)} bytes, "
+                           f"header says {end + 4})")
+    (stored_crc,) = struct.unpack_from("<I", data, end)
+    if zlib.crc32(data[:end]) != stored_crc:
+        raise BackendError(f"{source}: DPU program checksum mismatch (file is corrupt)")
+    reader = _Reader(data, _HEADER.size, end, source)
+    program = Program()
+    for _ in range(reader.unpack("<I")[0]):
+        name = reader.string()
+        shape = reader.shape((1, 3))
+        exp, signed = reader.unpack("<iB")
+        program.add_tensor(TensorDesc(name, shape, exp, bool(signed)))
+    for _ in range(reader.unpack("<I")[0]):
+        program.inputs.append((reader.string(), reader.string()))
+    for _ in range(reader.unpack("<I")[0]):
+        program.add_layer(_read_layer(reader))
+    for _ in range(reader.unpack("<I")[0]):
+        cls = _CLASSES.get(reader.take(1)[0])
+        if cls is None:
+            raise reader.corrupt("unknown instruction kind")
+        values = [reader.string() if field.type == "str" else reader.unpack("<I")[0]
+                  for field in attrs.fields(cls)]
+        program.instructions.append(cls(*values))
+    for _ in range(reader.unpack("<I")[0]):
+        program.outputs.append((reader.string(), reader.string()))
+    if reader.position != end:
+        raise reader.corrupt("trailing bytes in payload")
+    return program
+
+
+def _read_layer(reader: _Reader) -> Layer:
+    name = reader.string()
+    kind_index, count = reader.unpack("<BB")
+    if kind_index >= len(LAYER_KINDS):
+        raise reader.corrupt(f"layer {name!r} kind")
+    inputs = [reader.string() for _ in range(count)]
+    output = reader.string()
+    numbers = reader.unpack("<8HIB")
+    layer = Layer(name, LAYER_KINDS[kind_index], inputs, output, kernel=numbers[0:2],
+                  stride=numbers[2:4], pads=numbers[4:8], groups=numbers[8], relu=bool(numbers[9]))
+    if layer.kind in ("conv", "fc"):
+        shape = reader.shape((4,) if layer.kind == "conv" else (2,))
+        layer.weights = reader.array("i1", int(np.prod(shape))).reshape(shape)
+        layer.w_exp = reader.array("<i4", shape[0])
+        layer.bias = reader.array("<i4", shape[0])
+    return layer
+
+
+def write_program(program: Program, path) -> None:
+    """Write ``program`` to ``path`` atomically."""
+    atomic_write(path, encode(program))
+
+
+def read_program(path) -> Program:
+    """Read a program written by :func:`write_program`; errors name ``path``."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise BackendError(f"{os.fspath(path)}: cannot read DPU program ({error.strerror})") from None
+    return decode(data, os.fspath(path))
