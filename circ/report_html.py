@@ -404,7 +404,8 @@ def _target_section(report: Mapping) -> str:
     if scalars:
         out.append(_table(None, scalars, numeric="lr", css_id="target"))
     charts = []
-    for label, values in per_pe_lists(target)[:MAX_PE_CHARTS]:
+    contents = {key: value for key, value in target.items() if key != "name"}
+    for label, values in per_pe_lists(contents)[:MAX_PE_CHARTS]:
         mean = float(np.mean(values)) if values else 0.0
         charts.append(bar_chart_svg({label: values}, title=f"per-PE load: {label}", xlabel="PE",
                                     ylabel="non-zeros" if "nonzero" in label.lower() or "nnz" in label.lower()
@@ -442,10 +443,10 @@ def _flat_scalars(obj: Mapping, prefix: str = "", depth: int = 0) -> list[tuple[
 _PE_KEY = re.compile(r"(^|[_\W])pes?($|[_\W])|per_pe", re.I)
 
 
-def per_pe_lists(obj, label: str = "", depth: int = 0) -> list[tuple[str, list]]:
+def per_pe_lists(obj, label: str = "", depth: int = 0, *, per_pe: bool = False) -> list[tuple[str, list]]:
     """Every list of numbers under a key that names PEs (``pe_nonzeros``, ``nonzeros_per_pe``,
-    ``pe_cycles``...) in a target's nested statistics, with a label made of the keys and the
-    ``name``/``layer`` of the enclosing records."""
+    ``per_pe: {load: [...]}``...) in a target's nested statistics, with a label made of the
+    keys and the ``name``/``layer`` of the enclosing records."""
     found = []
     if depth > 5:
         return found
@@ -453,16 +454,19 @@ def per_pe_lists(obj, label: str = "", depth: int = 0) -> list[tuple[str, list]]
         here = obj.get("name") or obj.get("layer")
         base = f"{label}/{here}" if here and label else (str(here) if here else label)
         for key, value in obj.items():
-            if (isinstance(value, list) and value and _PE_KEY.search(str(key))
-                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-                found.append((f"{base}/{key}" if base else str(key), value))
+            path = f"{base}/{key}" if base else str(key)
+            names_pes = per_pe or bool(_PE_KEY.search(str(key)))
+            if isinstance(value, list) and value and names_pes and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                found.append((path, value))
             elif isinstance(value, (Mapping, list)):
-                found += per_pe_lists(value, f"{base}/{key}" if base else str(key), depth + 1)
+                found += per_pe_lists(value, path, depth + 1, per_pe=names_pes)
     elif isinstance(obj, list):
         for index, item in enumerate(obj):
             if isinstance(item, (Mapping, list)):
                 named = isinstance(item, Mapping) and (item.get("name") or item.get("layer"))
-                found += per_pe_lists(item, label if named else f"{label}[{index}]", depth + 1)
+                found += per_pe_lists(item, label if named else f"{label}[{index}]", depth + 1,
+                                      per_pe=per_pe)
     return found
 
 

@@ -15,7 +15,8 @@ pipeline is checked before the model is read. What the boxes, colours and marks 
 
 Rendering needs the Graphviz ``dot`` program. Without it circ-viz writes the DOT source
 (``OUT.dot`` beside the requested output), says on stderr how to install Graphviz and how to
-render the file afterwards, and exits 0. Outputs are written atomically.
+render the file afterwards, and exits 0. Outputs are written atomically. The pipeline's
+progress bars go to stderr when it is a terminal, unless ``-q``.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def build_parser() -> ArgumentParser:
                         help="import passes from a Python file (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the pipeline's passes")
     parser.add_argument("--data", metavar="FILE.npz", help="calibration data for the pipeline's passes")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success, and no progress")
     return parser
 
 
@@ -82,6 +83,9 @@ def default_output(model: str) -> str:
 
 def _body(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    from circ import progress
+
+    progress.enable(progress.want_progress(args.quiet))
     if args.diff and not args.pipeline:
         raise UsageError("--diff needs --pipeline (what should the diff compare?)")
     if args.data and not args.pipeline:
