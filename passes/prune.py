@@ -172,6 +172,23 @@ class Prune(Pass):
         return DEFAULT_SPARSITY if self.sparsity is None else self.sparsity
 
 
+# ---------------------------------------------------------------------- one layer
+
+
+def prune_layer(ref: WeightRef, sparsity: float, ctx: PassContext) -> Optional[Tensor]:
+    """``ref``'s weight pruned to ``sparsity`` as mode 1 prunes one layer (the smallest
+    magnitudes, ties by position, weights pruned before stay pruned), without editing the
+    graph; None (with a decline) when its representation cannot be pruned. For analyses and
+    schedules that try sparsities layer by layer (sensitivity, auto_prune)."""
+    if not _supported(ref, ctx):
+        return None
+    old = ref.value.const
+    keep = _keep_count(_magnitude(old), sparsity)
+    if old.kept is not None:
+        keep &= old.kept
+    return _with_mask(old, keep)
+
+
 # ---------------------------------------------------------------------- masks
 
 
