@@ -454,32 +454,41 @@ def decode(code: HuffmanCode) -> np.ndarray:
 
     block, count = code.block, code.count
     lanes = -(-count // block)
-    # 63-bit windows: window[i] holds stream bits 32*i .. 32*i+62, enough for any offset
-    # within a 32-bit word plus a 16-bit code. Spare words: a lane that runs on past the real
-    # symbols (the last one, or any lane of a corrupt stream) stays inside the array. The
-    # big arrays are reused scratch (fresh memory costs a page fault per 4 KiB).
+    # 64-bit windows: window[i] holds stream bits 32*i .. 32*i+63, enough for any offset
+    # within a 32-bit word plus a 16-bit code (window << offset keeps 33 valid bits on top).
+    # Spare words: a lane that runs on past the real symbols (the last one, or any lane of a
+    # corrupt stream) stays inside the array. The big arrays are reused scratch (fresh
+    # memory costs a page fault per 4 KiB).
     spare = 2 + block * top // 32
     whole = len(code.data) // 4
-    halves = bits.scratch("decode.halves", whole + 1 + spare, np.int64)
+    halves = bits.scratch("decode.halves", whole + 1 + spare, np.uint64)
     halves[:whole] = np.frombuffer(code.data, ">u4", count=whole)
     halves[whole:] = 0
     halves[whole] = int.from_bytes(code.data[4 * whole:].ljust(4, b"\0"), "big")
-    window = np.left_shift(halves[:-1], 31, out=bits.scratch("decode.window", len(halves) - 1, np.int64))
-    window |= np.right_shift(halves[1:], 1, out=halves[1:])
-    position = np.concatenate([[0], code.offsets]).astype(np.int64)
+    window = np.left_shift(halves[:-1], np.uint64(32), out=bits.scratch("decode.window", len(halves) - 1, np.uint64))
+    window |= halves[1:]
+    position = np.zeros(lanes, np.int64)
+    position[1:] = code.offsets
     out = bits.scratch("decode.out", block * lanes, dtype).reshape(block, lanes)
-    mask, base = (1 << top) - 1, 63 - top
     last_real = count - (lanes - 1) * block  # symbols in the last lane
     end_of_last = 0
-    step = np.empty(lanes, np.int64)
+    drop = np.uint64(64 - top)
+    # One symbol of every lane per step, in as few NumPy calls as it takes: the call
+    # overhead, not the work on a few thousand lanes, is most of the time. Plain fancy
+    # indexing gathers faster than np.take(out=...) (which buffers or clips every index).
+    # The shifts run on an unsigned view, the lookups on the signed one.
     for j in range(block):
-        np.right_shift(window[position >> 5], base - (position & 31), out=step)
-        step &= mask
-        np.take(symbol_table, step, out=out[j])
-        position += length_table[step]
+        peek = window[position >> 5]
+        peek <<= (position & 31).view(np.uint64)
+        peek >>= drop
+        index = peek.view(np.int64)
+        out[j] = symbol_table[index]
+        position += length_table[index]
         if j + 1 == last_real:
             end_of_last = int(position[-1])
-    ends = np.append(code.offsets, np.uint64(code.nbits)).astype(np.int64)
+    ends = np.empty(lanes, np.int64)
+    ends[:-1] = code.offsets
+    ends[-1] = code.nbits
     position[-1] = end_of_last
     if not np.array_equal(position, ends):
         raise FormatError("the bitstream does not decode to the stored symbol count and offsets")
