@@ -279,8 +279,8 @@ class Simulator:
             raise BackendError("obuf does not hold this region")
         desc = self.program.tensors[ins.tensor]
         if ins.tensor not in state.dram:
-            state.dram[ins.tensor] = np.zeros((state.batch,) + _as_4d(
-                np.zeros((1,) + desc.shape), desc).shape[1:], np.int16)
+            per_sample = desc.shape if len(desc.shape) == 3 else (desc.shape[0], 1, 1)
+            state.dram[ins.tensor] = np.zeros((state.batch,) + per_sample, np.int16)
         state.dram[ins.tensor][:, ins.c0:ins.c1, ins.r0:ins.r1] = tile.array
         self._transfer(state, self._stats(state, ins.layer), tile.bytes, write=True)
 
@@ -301,6 +301,12 @@ class Simulator:
         return tile.region(c0, c1, r0, r1)
 
     def _put_output(self, state: _State, layer: Layer, o0, o1, r0, r1, array) -> None:
+        out = self.program.tensors[layer.output]
+        expected = (o1 - o0, r1 - r0, out.row_bytes)
+        if not (0 <= o0 < o1 <= out.channels and 0 <= r0 < r1 <= out.rows) \
+                or tuple(array.shape[1:]) != expected:
+            raise BackendError(f"the tile [{o0}:{o1}, {r0}:{r1}] does not fit output tensor "
+                               f"{out.name!r} of shape {out.shape}")
         tile = _Tile(layer.output, o0, o1, r0, r1, array)
         if tile.bytes > self.config.obuf_bytes:
             raise BackendError(f"obuf overflow: {tile.bytes} bytes > obuf_bytes="
