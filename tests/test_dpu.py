@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import circ
-from backends import parse_target, target_for_file
+from backends import parse_target, target_class
 from backends.dpu.asm import parse_program, print_program
 from backends.dpu.encode import decode, encode, read_program, write_program
 from backends.dpu.isa import Conv, Elew, Fc, Layer, Load, LoadW, Pool, Program, Store, TensorDesc
@@ -323,7 +323,7 @@ def test_asm_errors_name_the_line():
 def test_target_interface(cnn, calibration, tmp_path):
     target = parse_target("dpu(mac_rows=8,ibuf_bytes=4096,calibration=percentile)")
     assert (target.mac_rows, target.ibuf_bytes, target.calibration) == (8, 4096, "percentile")
-    assert type(target_for_file("model.dpu")).__name__ == "DPUTarget"
+    assert target_class("dpu").extension == ".dpu"
     program = target.lower(cnn, calibration)
     path = str(tmp_path / "cnn.dpu")
     target.write(program, path)
