@@ -3,11 +3,15 @@
 Layout, little-endian::
 
     magic  b"CIRCEIE\\0"   8 bytes
-    version u16 (=1), reserved u16 (=0), payload length u64
+    version u16 (=2), reserved u16 (=0), payload length u64
     payload: instruction count u32, then per instruction a kind byte and its fields
     crc32 u32 of everything before it
 
-Strings are u16 length + UTF-8. An SpMV stores its sizes, bit widths and pointer width, the
+Kinds: 1 Load (name, dst, dims), 2 SpMV, 3 Store (src, name, dims), 4 Im2Col (src, dst,
+window), 5 Unpatch (src, dst, positions u32), 6 Pool (src, dst, kind u8 0=max 1=avg,
+count_include_pad u8, window). Dims are a u8 rank and u32 each; a window is 13 u32 (channels,
+height, width, kernel 2, stride 2, pads 4, dilation 2). Version 1 (MLPs only, before the
+convolution steps) is not read. Strings are u16 length + UTF-8. An SpMV stores its sizes, bit widths and pointer width, the
 codebook and bias as float32, the column pointers as u16 or u32 (as the hardware would,
 :attr:`SpMV.pointer_bits`), and its entries bit-packed: ``v`` bits per codebook index then
 ``z`` bits per relative index, so the file size of a layer is its modelled storage plus a few
@@ -23,13 +27,16 @@ import zlib
 
 import numpy as np
 
-from backends.eie.isa import Load, Program, SpMV, Store
+from backends.eie.isa import Im2Col, Load, Pool, Program, SpMV, Store, Unpatch, Window
 from circ.errors import BackendError
 
 MAGIC = b"CIRCEIE\0"
-VERSION = 1
+VERSION = 2
 _HEADER = struct.Struct("<8sHHQ")
-_KIND = {Load: 1, SpMV: 2, Store: 3}
+_KIND = {Load: 1, SpMV: 2, Store: 3, Im2Col: 4, Unpatch: 5, Pool: 6}
+_POOL_KINDS = ("max", "avg")
+_WINDOW = struct.Struct("<13I")
+MAX_RANK = 8
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
@@ -50,15 +57,32 @@ def _string(text: str) -> bytes:
     return struct.pack("<H", len(raw)) + raw
 
 
+def _dims(dims: tuple) -> bytes:
+    return struct.pack(f"<B{len(dims)}I", len(dims), *dims)
+
+
+def _window(window: Window) -> bytes:
+    return _WINDOW.pack(window.channels, window.height, window.width, *window.kernel,
+                        *window.stride, *window.pads, *window.dilation)
+
+
 def encode(program: Program) -> bytes:
     """The binary form of ``program``."""
     parts = [struct.pack("<I", len(program.instructions))]
     for ins in program.instructions:
         parts.append(bytes([_KIND[type(ins)]]))
         if isinstance(ins, Load):
-            parts += [_string(ins.name), _string(ins.dst), struct.pack("<I", ins.size)]
+            parts += [_string(ins.name), _string(ins.dst), _dims(ins.shape)]
         elif isinstance(ins, Store):
-            parts += [_string(ins.src), _string(ins.name)]
+            parts += [_string(ins.src), _string(ins.name), _dims(ins.shape)]
+        elif isinstance(ins, Im2Col):
+            parts += [_string(ins.src), _string(ins.dst), _window(ins.window)]
+        elif isinstance(ins, Unpatch):
+            parts += [_string(ins.src), _string(ins.dst), struct.pack("<I", ins.positions)]
+        elif isinstance(ins, Pool):
+            parts += [_string(ins.src), _string(ins.dst),
+                      struct.pack("<BB", _POOL_KINDS.index(ins.kind), int(ins.count_include_pad)),
+                      _window(ins.window)]
         else:
             pointer_type = np.uint16 if ins.pointer_bits == 16 else np.uint32
             parts += [_string(ins.layer), _string(ins.src), _string(ins.dst),
@@ -94,6 +118,20 @@ class _Reader:
         except UnicodeDecodeError:
             raise BackendError(f"{self.source}: corrupt EIE program (bad name)") from None
 
+    def dims(self) -> tuple:
+        (rank,) = self.unpack("<B")
+        if rank > MAX_RANK:
+            raise BackendError(f"{self.source}: corrupt EIE program (rank {rank})")
+        return self.unpack(f"<{rank}I")
+
+    def window(self, what: str) -> Window:
+        values = self.unpack(_WINDOW.format)
+        window = Window(*values[:3], values[3:5], values[5:7], values[7:11], values[11:13])
+        problem = window.problem()
+        if problem is not None:
+            raise BackendError(f"{self.source}: corrupt EIE program ({what}: {problem})")
+        return window
+
     def array(self, dtype: str, count: int) -> np.ndarray:
         dtype = np.dtype(dtype)
         return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype)
@@ -123,9 +161,23 @@ def decode(data: bytes, source: str = "<bytes>") -> Program:
         kind = reader.take(1)[0]
         if kind == 1:
             name, dst = reader.string(), reader.string()
-            program.instructions.append(Load(name, dst, reader.unpack("<I")[0]))
+            program.instructions.append(Load(name, dst, reader.dims()))
         elif kind == 3:
-            program.instructions.append(Store(reader.string(), reader.string()))
+            src, name = reader.string(), reader.string()
+            program.instructions.append(Store(src, name, reader.dims()))
+        elif kind == 4:
+            src, dst = reader.string(), reader.string()
+            program.instructions.append(Im2Col(src, dst, reader.window("Im2Col")))
+        elif kind == 5:
+            src, dst = reader.string(), reader.string()
+            program.instructions.append(Unpatch(src, dst, reader.unpack("<I")[0]))
+        elif kind == 6:
+            src, dst = reader.string(), reader.string()
+            pool_kind, include_pad = reader.unpack("<BB")
+            if pool_kind >= len(_POOL_KINDS) or include_pad > 1:
+                raise BackendError(f"{source}: corrupt EIE program (Pool kind {pool_kind})")
+            program.instructions.append(Pool(src, dst, _POOL_KINDS[pool_kind],
+                                             reader.window("Pool"), bool(include_pad)))
         elif kind == 2:
             program.instructions.append(_read_spmv(reader))
         else:
@@ -153,13 +205,11 @@ def _read_spmv(reader: _Reader) -> SpMV:
                 pe_ptr, col_ptr, code, rel)
 
 
-def write_program(program: Program, path) -> None:
-    """Write ``program`` to ``path`` atomically."""
-    path = os.fspath(path)
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as handle:
-        handle.write(encode(program))
-    os.replace(temporary, path)
+def write_program(program: Program, path, protect=()) -> None:
+    """Write ``program`` to ``path`` atomically (never over a ``protect`` path)."""
+    from circ.fileio import atomic_write
+
+    atomic_write(os.fspath(path), encode(program), protect=protect)
 
 
 def read_program(path) -> Program:

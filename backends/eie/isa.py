@@ -1,5 +1,8 @@
 """The EIE instruction set: a program is a list of instructions over named activation buffers.
 
+A buffer is a 2-D float32 array, one row per sample (or, after :class:`Im2Col`, per patch);
+a sample's features are its tensor flattened in C-order (NCHW images as ``C*H*W``).
+
 - :class:`Load` copies a graph input into a buffer.
 - :class:`SpMV` is one fully connected layer, ``dst = relu?(W @ src + bias)``, with ``W`` held
   as in the paper (sec. III-B): rows interleaved over ``pes`` processing elements (row ``i``
@@ -7,6 +10,12 @@
   sparse column form as a stream of entries, each a ``v``-bit codebook index (``code``) and a
   ``z``-bit relative row index (``rel``), plus ``cols + 1`` pointers per PE into that stream.
 - :class:`Store` names a buffer as a graph output.
+- :class:`Im2Col`, :class:`Unpatch` and :class:`Pool` are host steps around the engine for
+  convolutional nets (EIE itself only does matrix-vector products): ``Im2Col`` is the
+  LOAD-side gather that turns each image into one row per output pixel (its receptive
+  field, ``C*kh*kw`` values, zeros for padding), so a convolution is an ``SpMV`` over those
+  rows with the ``(C_out, C_in*kh*kw)`` weight matrix; ``Unpatch`` puts the per-pixel results
+  back into ``C_out*H*W`` image order; ``Pool`` is max or average pooling.
 
 Relative indices (exact): within one PE and one column, an entry with ``rel = r < 2**z - 1``
 skips ``r`` zero local rows and holds a weight at the next one; ``rel = 2**z - 1`` is a filler
@@ -25,13 +34,21 @@ def _array(dtype):
     return attrs.field(converter=lambda a: np.ascontiguousarray(a, dtype=dtype), eq=False)
 
 
+def _dims(value) -> tuple:
+    return tuple(int(v) for v in value)
+
+
 @attrs.define(eq=False)
 class Load:
-    """``dst`` <- graph input ``name`` (batch, ``size``)."""
+    """``dst`` <- graph input ``name`` of shape (batch, *``shape``), flattened per sample."""
 
     name: str
     dst: str
-    size: int
+    shape: tuple = attrs.field(converter=_dims)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
 
 
 @attrs.define(eq=False)
@@ -85,13 +102,95 @@ class SpMV:
 
 @attrs.define(eq=False)
 class Store:
-    """Graph output ``name`` <- buffer ``src``."""
+    """Graph output ``name`` <- buffer ``src``, reshaped to (batch, *``shape``)."""
 
     src: str
     name: str
+    shape: tuple = attrs.field(converter=_dims)
 
 
-Instruction = Load | SpMV | Store
+def _window_extent(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
+                   dilation: int) -> int:
+    """Output positions along one axis (ONNX Conv/Pool with ceil_mode=0); <= 0 if none."""
+    return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@attrs.define(eq=False)
+class Window:
+    """The geometry of a sliding window over (channels, height, width) images."""
+
+    channels: int
+    height: int
+    width: int
+    kernel: tuple = attrs.field(converter=_dims)  # (kh, kw)
+    stride: tuple = attrs.field(converter=_dims)  # (sh, sw)
+    pads: tuple = attrs.field(converter=_dims)  # (top, left, bottom, right)
+    dilation: tuple = attrs.field(converter=_dims, default=(1, 1))
+
+    @property
+    def out_height(self) -> int:
+        return _window_extent(self.height, self.kernel[0], self.stride[0], self.pads[0],
+                              self.pads[2], self.dilation[0])
+
+    @property
+    def out_width(self) -> int:
+        return _window_extent(self.width, self.kernel[1], self.stride[1], self.pads[1],
+                              self.pads[3], self.dilation[1])
+
+    @property
+    def positions(self) -> int:
+        return self.out_height * self.out_width
+
+    def problem(self) -> str | None:
+        """Why this window is malformed (a damaged program), or None."""
+        numbers = (self.channels, self.height, self.width, *self.kernel, *self.stride,
+                   *self.dilation)
+        if len(self.kernel) != 2 or len(self.stride) != 2 or len(self.pads) != 4 \
+                or len(self.dilation) != 2:
+            return "window needs 2 kernel, 2 stride, 4 pad and 2 dilation values"
+        if min(numbers) < 1 or min(self.pads) < 0:
+            return "window sizes must be positive and pads non-negative"
+        extent = (self.dilation[0] * (self.kernel[0] - 1) + 1, self.dilation[1] * (self.kernel[1] - 1) + 1)
+        if max(self.pads[0], self.pads[2]) >= extent[0] or max(self.pads[1], self.pads[3]) >= extent[1]:
+            return "a pad is as large as the window (only zeros would be read)"
+        if self.out_height < 1 or self.out_width < 1:
+            return "the window is larger than the padded image"
+        return None
+
+
+@attrs.define(eq=False)
+class Im2Col:
+    """``dst`` <- one row per output pixel of each image of ``src``: its ``C*kh*kw``
+    receptive field in (channel, kernel row, kernel column) order, zeros where padded."""
+
+    src: str
+    dst: str
+    window: Window
+
+
+@attrs.define(eq=False)
+class Unpatch:
+    """``dst`` <- the (batch*positions, channels) rows of ``src`` as (batch, channels*positions)
+    images: row ``b*positions + p``, column ``c`` goes to sample ``b``, feature ``c*positions + p``."""
+
+    src: str
+    dst: str
+    positions: int
+
+
+@attrs.define(eq=False)
+class Pool:
+    """``dst`` <- max or average pooling of the images of ``src`` (ONNX MaxPool/AveragePool
+    with ceil_mode=0; padding never wins a max; ``count_include_pad`` as in ONNX)."""
+
+    src: str
+    dst: str
+    kind: str  # "max" | "avg"
+    window: Window
+    count_include_pad: bool = False
+
+
+Instruction = Load | SpMV | Store | Im2Col | Unpatch | Pool
 
 
 @attrs.define(eq=False)

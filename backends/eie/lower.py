@@ -1,11 +1,22 @@
-"""Lowering: a pruned, clustered MLP graph -> an EIE :class:`~backends.eie.isa.Program`.
+"""Lowering: a pruned, clustered MLP or small CNN graph -> an EIE :class:`~backends.eie.isa.Program`.
 
-Accepted graphs: one rank-2 float input (batch, features) feeding a chain of Gemm or MatMul
-layers with constant :class:`~circ.tensors.Clustered` weights, each optionally followed by an
-Add of a constant bias and then a Relu, each the only user of what it follows (both fused into
-the layer; exporters write a Linear as MatMul + Add). Everything else —
-convolutions, other ops, branches, unclustered weights, more clusters than ``2**v_bits`` —
-is refused with a :class:`~circ.errors.BackendError` naming the node and why.
+Accepted graphs: one float input with known per-sample dims, one output, and in between:
+
+- Gemm or MatMul layers with constant :class:`~circ.tensors.Clustered` weights on a
+  (batch, features) activation, each optionally followed by an Add of a constant bias and
+  then a Relu, each the only user of what it follows (both fused into the layer; exporters
+  write a Linear as MatMul + Add) -> one :class:`SpMV`;
+- Conv (2-D, group 1, any pads/strides/dilations/auto_pad) with a Clustered weight, likewise
+  with its bias, a constant Add and a Relu fused -> :class:`Im2Col` (host gather of each
+  output pixel's receptive field), :class:`SpMV` with the ``(C_out, C_in*kh*kw)`` weight matrix
+  on every pixel, :class:`Unpatch` (back to image order);
+- MaxPool, AveragePool (ceil_mode only when it changes nothing) and GlobalAveragePool ->
+  a host :class:`Pool`;
+- Flatten and Reshape to (batch, features) -> nothing (buffers are flat per sample already).
+
+Everything else — other ops, grouped convolutions, branches, unclustered weights, more
+clusters than ``2**v_bits`` — is refused with a :class:`~circ.errors.BackendError` naming the
+node and why.
 """
 
 from __future__ import annotations
@@ -14,14 +25,17 @@ import warnings
 
 import numpy as np
 
-from backends.eie.isa import Load, Program, SpMV, Store
-from circ.errors import BackendError
+from backends.eie.isa import Im2Col, Load, Pool, Program, SpMV, Store, Unpatch, Window
+from circ.errors import BackendError, CircError
 from circ.graph import Graph, Node
 from circ.tensors import Clustered
 
 DEFAULT_PES = 64
 DEFAULT_V_BITS = 4
 DEFAULT_Z_BITS = 4
+LAYER_OPS = ("Gemm", "MatMul", "Conv")
+HOST_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape")
+FUSED_OPS = ("Add", "Relu")
 
 
 def lower(graph: Graph, *, pes: int = DEFAULT_PES, v_bits: int = DEFAULT_V_BITS,
@@ -35,50 +49,162 @@ def lower(graph: Graph, *, pes: int = DEFAULT_PES, v_bits: int = DEFAULT_V_BITS,
     if not 2 <= z_bits <= 8:
         raise BackendError(f"eie: option 'z_bits' must be 2..8, got {z_bits}")
     for node in graph.nodes:
-        if node.op not in ("Gemm", "MatMul", "Add", "Relu") or node.domain not in ("", "ai.onnx"):
-            raise BackendError(f"eie: cannot run {node.describe()}: " + (
-                "convolutions are refused for now (no im2col lowering yet)" if "Conv" in node.op
-                else "only Gemm/MatMul layers (each optionally followed by Relu) are supported"))
-    if len(graph.inputs) != 1 or graph.inputs[0].rank != 2:
-        raise BackendError("eie: the graph must have exactly one rank-2 input (batch, features), "
+        if node.op not in LAYER_OPS + HOST_OPS + FUSED_OPS or node.domain not in ("", "ai.onnx"):
+            raise BackendError(f"eie: cannot run {node.describe()}: only Gemm/MatMul/Conv layers "
+                               "(each optionally followed by a bias Add and a Relu), pooling, "
+                               "Flatten and Reshape are supported")
+    if len(graph.inputs) != 1 or graph.inputs[0].shape is None or len(graph.inputs[0].shape) < 2:
+        raise BackendError("eie: the graph must have exactly one input of shape (batch, ...), "
                            f"got {[repr(v) for v in graph.inputs]}")
     if len(graph.outputs) != 1:
         raise BackendError(f"eie: the graph must have exactly one output, got {len(graph.outputs)}")
     source = graph.inputs[0]
-    program = Program([Load(source.name, "a0", _static_dim(source.shape[1], source.name))])
-    buffers = {id(source): "a0"}
-    fused = set()
+    dims = tuple(_static_dim(d, source.name) for d in source.shape[1:])
+    program = Program([Load(source.name, "a0", dims)])
+    lowering = _Lowering(graph, program, pes, v_bits, z_bits, widen)
+    lowering.buffers[id(source)] = ("a0", dims)
     for node in graph.nodes:
-        if id(node) in fused:
-            continue
-        if node.op in ("Add", "Relu"):
-            raise BackendError(f"eie: cannot run {node.describe()}: an Add of a constant bias "
-                               "or a Relu must directly follow a Gemm/MatMul layer whose output "
-                               "has no other use")
+        if id(node) not in lowering.fused:
+            lowering.node(node)
+    result = graph.outputs[0]
+    if id(result) not in lowering.buffers or result is source:
+        raise BackendError(f"eie: the graph output {result.name!r} is not produced by a layer")
+    buffer, dims = lowering.buffers[id(result)]
+    program.instructions.append(Store(buffer, result.name, dims))
+    return program
+
+
+class _Lowering:
+    """The state of one lowering: value -> (buffer, per-sample dims), fused nodes."""
+
+    def __init__(self, graph, program, pes, v_bits, z_bits, widen):
+        self.graph, self.program = graph, program
+        self.pes, self.v_bits, self.z_bits, self.widen = pes, v_bits, z_bits, widen
+        self.buffers: dict = {}
+        self.fused: set = set()
+        self.count = 0
+
+    def new_buffer(self, prefix: str = "a") -> str:
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def emit(self, instruction) -> None:
+        self.program.instructions.append(instruction)
+
+    def source(self, node: Node):
         src = node.inputs[0]
-        if id(src) not in buffers:
+        if id(src) not in self.buffers:
             raise BackendError(f"eie: cannot run {node.describe()}: its input {src.name!r} "
                                "is not the graph input or a previous layer's output")
+        return self.buffers[id(src)]
+
+    def node(self, node: Node) -> None:
+        if node.op in FUSED_OPS:
+            raise BackendError(f"eie: cannot run {node.describe()}: an Add of a constant bias "
+                               "or a Relu must directly follow a Gemm/MatMul/Conv layer whose "
+                               "output has no other use")
+        buffer, dims = self.source(node)
+        if node.op in ("Gemm", "MatMul"):
+            if len(dims) != 1:
+                raise BackendError(f"eie: cannot run {node.describe()}: only rank-2 activations "
+                                   "and weights are supported (Flatten images first)")
+            add, relu, out = self.fusions(node)
+            dst = self.new_buffer()
+            self.emit(_lower_layer(node, add, buffer, dst, relu, self.pes, self.v_bits,
+                                   self.z_bits, self.widen))
+            self.buffers[id(out)] = (dst, (self.program.instructions[-1].rows,))
+        elif node.op == "Conv":
+            self.conv(node, buffer, dims)
+        elif node.op in ("MaxPool", "AveragePool", "GlobalAveragePool"):
+            self.pool(node, buffer, dims)
+        else:
+            self.flatten(node, buffer, dims)
+
+    def fusions(self, node: Node):
+        """(bias Add or None, whether a Relu follows, the last fused value)."""
         out = node.output
-        add = _sole_user(graph, out, "Add")
+        add = _sole_user(self.graph, out, "Add")
         if add is not None and _constant_operand(add, out) is None:
             add = None
         if add is not None:
-            fused.add(id(add))
+            self.fused.add(id(add))
             out = add.output
-        relu = _sole_user(graph, out, "Relu")
+        relu = _sole_user(self.graph, out, "Relu")
         if relu is not None:
-            fused.add(id(relu))
+            self.fused.add(id(relu))
             out = relu.output
-        dst = f"a{len(buffers)}"
-        program.instructions.append(_lower_layer(node, add, buffers[id(src)], dst, relu is not None,
-                                                 pes, v_bits, z_bits, widen))
-        buffers[id(out)] = dst
-    result = graph.outputs[0]
-    if id(result) not in buffers or result is source:
-        raise BackendError(f"eie: the graph output {result.name!r} is not produced by a layer")
-    program.instructions.append(Store(buffers[id(result)], result.name))
-    return program
+        return add, relu is not None, out
+
+    def conv(self, node: Node, buffer: str, dims: tuple) -> None:
+        weight = node.inputs[1]
+        if len(dims) != 3 or weight is None or weight.shape is None or len(weight.shape) != 4:
+            raise BackendError(f"eie: cannot run {node.describe()}: only 2-D convolutions of "
+                               "(batch, channels, height, width) images are supported")
+        if node.attrs.get("group", 1) != 1:
+            raise BackendError(f"eie: cannot run {node.describe()}: grouped convolutions "
+                               "(group != 1) are not supported")
+        window = self.window(node, dims, tuple(weight.shape[2:]))
+        add, relu, out = self.fusions(node)
+        patches, rows, dst = self.new_buffer("p"), self.new_buffer("q"), self.new_buffer()
+        self.emit(Im2Col(buffer, patches, window))
+        layer = _lower_layer(node, add, patches, rows, relu, self.pes, self.v_bits, self.z_bits,
+                             self.widen)
+        self.emit(layer)
+        self.emit(Unpatch(rows, dst, window.positions))
+        self.buffers[id(out)] = (dst, (layer.rows, window.out_height, window.out_width))
+
+    def pool(self, node: Node, buffer: str, dims: tuple) -> None:
+        if len(dims) != 3:
+            raise BackendError(f"eie: cannot run {node.describe()}: only 2-D pooling of "
+                               "(batch, channels, height, width) images is supported")
+        if len(node.outputs) > 1 and node.outputs[1] is not None:
+            raise BackendError(f"eie: cannot run {node.describe()}: MaxPool indices are not supported")
+        if node.op == "GlobalAveragePool":
+            window = Window(dims[0], dims[1], dims[2], dims[1:], (1, 1), (0, 0, 0, 0))
+            kind, include_pad = "avg", True
+        else:
+            kernel = node.attrs.get("kernel_shape") or ()
+            if len(kernel) != 2:
+                raise BackendError(f"eie: cannot run {node.describe()}: only 2-D pooling windows "
+                                   "are supported")
+            window = self.window(node, dims, tuple(int(k) for k in kernel),
+                                 ceil_mode=bool(node.attrs.get("ceil_mode", 0)))
+            if node.op == "MaxPool" and node.attrs.get("storage_order", 0):
+                raise BackendError(f"eie: cannot run {node.describe()}: storage_order=1 "
+                                   "is not supported")
+            kind = "max" if node.op == "MaxPool" else "avg"
+            include_pad = bool(node.attrs.get("count_include_pad", 0))
+        dst = self.new_buffer()
+        self.emit(Pool(buffer, dst, kind, window, include_pad))
+        self.buffers[id(node.outputs[0])] = (dst, (dims[0], window.out_height, window.out_width))
+
+    def window(self, node: Node, dims: tuple, kernel: tuple, ceil_mode: bool = False) -> Window:
+        from circ.ops.conv import window as onnx_window
+
+        try:
+            geometry = onnx_window(node, dims[1:], kernel, ceil_mode=ceil_mode)
+            floor = onnx_window(node, dims[1:], kernel)
+        except CircError as err:
+            raise BackendError(f"eie: cannot run {node.describe()}: {err}") from None
+        if geometry.out_dims != floor.out_dims:
+            raise BackendError(f"eie: cannot run {node.describe()}: ceil_mode=1 adds a partial "
+                               "window here, which is not supported")
+        window = Window(dims[0], dims[1], dims[2], kernel, geometry.strides,
+                        geometry.pads_begin + geometry.pads_end, geometry.dilations)
+        problem = window.problem()
+        if problem is not None:
+            raise BackendError(f"eie: cannot run {node.describe()}: {problem}")
+        return window
+
+    def flatten(self, node: Node, buffer: str, dims: tuple) -> None:
+        out = node.outputs[0]
+        size = int(np.prod(dims, dtype=np.int64))
+        source = node.inputs[0]
+        if node.op == "Flatten" and node.attrs.get("axis", 1) != 1 or out.shape is None \
+                or len(out.shape) != 2 or out.shape[1] != size or out.shape[0] != source.shape[0]:
+            raise BackendError(f"eie: cannot run {node.describe()}: only a Flatten or Reshape "
+                               f"of each sample to one row (batch, {size}) is supported")
+        self.buffers[id(out)] = (buffer, (size,))
 
 
 def _static_dim(dim, name: str) -> int:
@@ -104,8 +230,17 @@ def _constant_operand(add: Node, value):
     return None
 
 
-def _as_row_bias(array: np.ndarray, rows: int, node: Node, what: str) -> np.ndarray:
+def _as_row_bias(array: np.ndarray, rows: int, node: Node, what: str,
+                 image: bool = False) -> np.ndarray:
+    """``array`` as one value per output row; for an ``image`` layer (Conv) a per-channel
+    constant of shape (C, 1, 1) or (1, C, 1, 1)."""
     array = np.asarray(array, dtype=np.float64)
+    if image:
+        full = (1,) * (4 - array.ndim) + array.shape if array.ndim <= 4 else None
+        if full is None or full[0] != 1 or full[2:] != (1, 1):
+            raise BackendError(f"eie: cannot run {node.describe()}: {what} of shape {array.shape} "
+                               "is not one value per channel")
+        array = array.reshape(-1)
     if array.ndim == 2 and array.shape[0] == 1:
         array = array[0]
     if array.ndim > 1:
@@ -126,13 +261,20 @@ def _layer_operands(node: Node):
     if not isinstance(weight.const, Clustered):
         raise BackendError(f"eie: cannot run {node.describe()}: weight {weight.name!r} is not "
                            "clustered (run the cluster pass first)")
-    if len(weight.shape) != 2 or node.inputs[0].rank != 2:
-        raise BackendError(f"eie: cannot run {node.describe()}: only rank-2 activations and "
-                           "weights are supported")
     codes = np.asarray(weight.const.indices)
     codebook = np.asarray(weight.const.codebook, dtype=np.float64)
     bias = None
-    if node.op == "Gemm":
+    if node.op == "Conv":
+        codes = codes.reshape(codes.shape[0], -1)  # (C_out, C_in*kh*kw): im2col's row order
+        bias_value = node.input(2)
+        if bias_value is not None:
+            if bias_value.const is None:
+                raise BackendError(f"eie: cannot run {node.describe()}: its bias is not a constant")
+            bias = np.asarray(bias_value.const.to_numpy(), dtype=np.float64)
+    elif len(weight.shape) != 2 or node.inputs[0].rank != 2:
+        raise BackendError(f"eie: cannot run {node.describe()}: only rank-2 activations and "
+                           "weights are supported")
+    elif node.op == "Gemm":
         if node.attrs.get("transA", 0):
             raise BackendError(f"eie: cannot run {node.describe()}: transA=1 is not supported")
         if not node.attrs.get("transB", 0):
@@ -157,7 +299,8 @@ def _lower_layer(node: Node, add, src: str, dst: str, relu: bool, pes: int, v_bi
     codes, codebook, bias = _layer_operands(node)
     if add is not None:
         extra = _constant_operand(add, node.output).const.to_numpy()
-        bias = bias + _as_row_bias(extra, len(bias), add, "the added constant")
+        bias = bias + _as_row_bias(extra, len(bias), add, "the added constant",
+                                   image=node.op == "Conv")
     clusters = len(codebook)
     if clusters > (1 << v_bits):
         needed = int(np.ceil(np.log2(clusters)))
@@ -172,7 +315,9 @@ def _lower_layer(node: Node, add, src: str, dst: str, relu: bool, pes: int, v_bi
     table = np.zeros(1 << v_bits, dtype=np.float32)
     table[:clusters] = codebook
     pe_ptr, col_ptr, code, rel = encode_csc(codes, pes, z_bits)
-    return SpMV(node.name, src, dst, rows, cols, pes, v_bits, z_bits, relu, table,
+    name = node.name if node.name and node.name.isprintable() and not any(
+        c.isspace() or c == "#" for c in node.name) else f"{node.op}_{dst}"
+    return SpMV(name, src, dst, rows, cols, pes, v_bits, z_bits, relu, table,
                 np.asarray(bias, dtype=np.float32), pe_ptr, col_ptr, code, rel)
 
 
