@@ -1,4 +1,5 @@
-"""The code in docs/ runs: the example pass of docs/writing-passes.md works as described."""
+"""The code in docs/ runs: the example pass of docs/writing-passes.md works as described, and
+every code block of docs/api.md runs, in order, in one namespace."""
 
 import re
 import subprocess
@@ -50,3 +51,18 @@ def test_example_pass_from_docs_runs_as_a_plugin(tmp_path):
     x = np.arange(3, dtype=np.float32).reshape(1, 3)
     np.testing.assert_array_equal(circ.run(after, {"x": x})["y"], circ.run(before, {"x": x})["y"])
     assert "drop_neutral" in report.read_text() and "broadcasts" in report.read_text()
+
+
+def test_api_examples_run_in_order(tmp_path, monkeypatch, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "api.md").read_text(), flags=re.S)
+    assert len(blocks) >= 6
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "api_md"}
+    for index, block in enumerate(blocks):
+        code = compile(block, f"docs/api.md block {index + 1}", "exec")
+        exec(code, namespace)  # noqa: S102 - the documentation's own examples
+    printed = capsys.readouterr().out
+    assert "['Gemm', 'Relu', 'Gemm']" in printed
+    assert "prune(sparsity=0.8,scope=fc2),cluster(bits=3)" in printed
+    assert "sparsity" in printed  # the PipelineError names the option
+    assert (tmp_path / "mlp.circ").stat().st_size < 4 * namespace["totals"]["params"] / 10
