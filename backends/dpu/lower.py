@@ -659,7 +659,7 @@ def reference_graph(graph: Graph, config: Config = Config(), *,
     circ's reference interpreter runs to the program's exact outputs: weights and biases
     replaced by the program's integers times their powers of two, and a QuantizeLinear ->
     DequantizeLinear pair (the program's exponent, int8/uint8, zero point 0) after every value
-    the DPU stores as a tensor. Outputs keep their order."""
+    the DPU stores as a tensor. Outputs keep their names."""
     program, plan = _lower(graph, config, calibration, method, weight_per_channel)
     copy = graph.copy()
     for pending in plan.pending:
@@ -697,3 +697,7 @@ def _insert_qdq(graph: Graph, value: Value, desc: TensorDesc) -> None:
                              name=f"{value.name}_dpu_dq", after=quant)
     graph.replace_all_uses_with(value, dequant.output)
     graph.set_input(quant, 0, value)
+    if graph.is_output(dequant.output):  # keep the graph's output names
+        name = value.name
+        graph.rename(value, graph.unique_name(f"{name}_float"))
+        graph.rename(dequant.output, name)
