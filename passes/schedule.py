@@ -93,6 +93,11 @@ class Schedule(Pass):
     distill: float = attrs.field(default=0.0, metadata={
         "help": "weight of the teacher's soft targets (the model before the pipeline); 0 = off"})
     temperature: float = attrs.field(default=4.0, metadata={"help": "distillation temperature"})
+    freeze_bn: bool = attrs.field(default=False, metadata={
+        "help": "keep BatchNormalization frozen while fine-tuning"})
+
+    def wants_original(self) -> bool:
+        return self.distill > 0 and self.epochs > 0
 
     def round_prune(self, step: int) -> Prune:
         """The prune pass of round ``step`` (1..steps)."""
@@ -110,7 +115,7 @@ class Schedule(Pass):
             raise PipelineError("pass 'schedule' needs the 'finetune' pass, which is not registered")
         return finetune(epochs=self.epochs, lr=self.lr, batch=self.batch, optimizer=self.optimizer,
                         momentum=self.momentum, weight_decay=self.weight_decay, distill=self.distill,
-                        temperature=self.temperature)
+                        temperature=self.temperature, freeze_bn=self.freeze_bn)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         finetune = self.finetune_pass()

@@ -57,15 +57,9 @@ def evaluation_data(ctx: PassContext, pass_name: str) -> Evaluation:
 
 def model_accuracy(graph: Graph, data: Evaluation, batch: int = 256) -> float:
     """Top-1 accuracy of ``graph``'s first output on ``data``, as a fraction."""
-    from circ.interpreter import Interpreter  # TODO: circ.train.accuracy when it lands
+    from circ.train import accuracy
 
-    interpreter = Interpreter(graph)
-    correct = 0
-    for start in range(0, data.count, batch):
-        feeds = {name: array[start:start + batch] for name, array in data.x.items()}
-        logits = next(iter(interpreter.run(feeds).values()))
-        correct += int(np.count_nonzero(logits.argmax(axis=-1) == data.y[start:start + batch]))
-    return correct / max(1, data.count)
+    return float(accuracy(graph, data.x, data.y, batch=batch))
 
 
 def accuracy_with_pruned(graph: Graph, ref: WeightRef, sparsity: float, data: Evaluation,
