@@ -6,13 +6,16 @@
     circ-opt --passes='prune(sparsity=0.9),cluster,huffman' model.onnx -o model.circ
     circ-opt model.circ -o model.onnx
     circ-opt --passes=prune,quant --data calib.npz model.onnx
+    circ-opt --passes='prune(sparsity=0.9),cluster(bits=4)' --target=eie mlp.onnx -o mlp.eie
 
 ``--data FILE.npz`` gives passes calibration arrays (input name -> array, samples along axis
 0; a single array is accepted for a one-input model): ``quant`` uses them to quantize
 activations.
 
 Without ``-o`` the result goes to ``MODEL.opt.onnx`` beside the input; the input itself is
-never overwritten. An output named ``*.circ`` is a container (docs/circ-format.md) and the
+never overwritten. With ``--target=eie|dpu[(options)]`` the optimized graph is lowered to
+that backend's program (``MODEL.eie`` by default; ``-o`` must end in the target's extension)
+and the summary adds the program's figures. An output named ``*.circ`` is a container (docs/circ-format.md) and the
 summary then adds Deep Compression's per-layer size table. The pipeline is checked before the model is read. A before/after table
 (params, non-zeros, bytes, MACs, nodes) is printed unless ``-q``; ``--report`` writes the
 same figures, every pass's record, the printed pipeline and per-layer rows (figures before and
@@ -46,6 +49,9 @@ def build_parser() -> ArgumentParser:
                         help="where to write the result: ONNX, or a .circ container when the "
                              "name ends in .circ (default: MODEL.opt.onnx)")
     parser.add_argument("--report", metavar="OUT.json", help="write the run's report as JSON")
+    parser.add_argument("--target", metavar="TARGET",
+                        help="lower to an accelerator program after the passes: eie or dpu, "
+                             "with options as eie(pes=32,fifo_depth=16)")
     parser.add_argument("--report-html", metavar="OUT.html",
                         help="write the run's report as one self-contained HTML page (tables, "
                              "weight histograms, graph before and after)")
@@ -68,10 +74,54 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def default_output(model: str) -> str:
-    """``dir/net.onnx`` (or ``net.circ``) -> ``dir/net.opt.onnx``."""
+def default_output(model: str, target=None) -> str:
+    """``dir/net.onnx`` (or ``net.circ``) -> ``dir/net.opt.onnx``, or ``dir/net.eie`` for a
+    target with extension ``.eie``."""
     root, ext = os.path.splitext(model)
-    return (root if ext.lower() in (".onnx", ".circ") else model) + ".opt.onnx"
+    root = root if ext.lower() in (".onnx", ".circ") else model
+    return root + (target.extension if target is not None else ".opt.onnx")
+
+
+# ----------------------------------------------------------------------------- --target
+
+
+def parse_output_target(text, output):
+    """The configured Target of ``--target`` (or None); refuses an ``-o`` whose extension
+    does not match, and a program extension without ``--target``."""
+    from backends import TARGETS, parse_target, target_class
+
+    extension = os.path.splitext(output)[1].lower() if output else ""
+    if text is None:
+        for name in TARGETS:
+            if extension == "." + name:
+                raise PipelineError(f"-o {output}: a .{name} program is written by --target={name}")
+        return None
+    target = parse_target(text)
+    if output and extension != target.extension:
+        raise PipelineError(f"-o {output}: --target={target.name} writes {target.extension} "
+                            f"programs; name the output *{target.extension}")
+    return target
+
+
+def lower_to_target(target, graph, report: dict, data) -> tuple:
+    """(program, warning messages) for the optimized ``graph``; adds ``report["target"]``
+    (name, options and the program's figures)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        program = target.lower(graph, data=data) if data is not None else target.lower(graph)
+    report["target"] = {"name": target.name, "options": target.option_values(),
+                        "program": target.program_stats(program)}
+    return program, [str(w.message) for w in caught]
+
+
+def program_summary(target: dict) -> str:
+    """Two lines on a lowered program: the target and options, then its scalar figures."""
+    options = ",".join(f"{k}={v}" for k, v in target["options"].items())
+    figures = ", ".join(f"{k} {v}" for k, v in target["program"].items()
+                        if isinstance(v, (int, float, str)) and not isinstance(v, bool))
+    return f"target: {target['name']}({options})\nprogram: {figures or '(no figures)'}"
 
 
 def _body(argv: Sequence[str]) -> int:
@@ -103,7 +153,8 @@ def _body(argv: Sequence[str]) -> int:
 
     model = args.model
     require_file(model, "an ONNX model or .circ container", ModelError)
-    output = args.output or default_output(model)
+    target = parse_output_target(args.target, args.output)
+    output = args.output or default_output(model, target)
     check_writable(output, protect=[model])
     if args.report:
         check_writable(args.report, protect=[model, output])
@@ -120,13 +171,14 @@ def _body(argv: Sequence[str]) -> int:
     before = graph.copy() if args.report or args.report_html else None
     result = manager.run(graph)
     report = dict(result.report, input=model, output=output)
+    program, lowering_warnings = lower_to_target(target, graph, report, data) if target else (None, [])
     if before is not None:  # per-layer figures and output change, for both reports
         from circ.report_html import layer_rows
 
         report["layers"] = layer_rows(before, graph, seed=args.seed)
     report_text = json.dumps(report, indent=2) + "\n" if args.report else None
 
-    saved = circ.save(graph, output, protect=[model])
+    saved = circ.save(graph, output, protect=[model]) if target is None else target.write(program, output)
     if saved is not None:  # a .circ container: Deep Compression's per-layer size table
         from circ.container import compression_report
 
@@ -140,12 +192,14 @@ def _body(argv: Sequence[str]) -> int:
         write_report_html(args.report_html, report, before, graph,
                           protect=[p for p in (model, output, args.report) if p])
 
-    for message in result.warnings:
+    for message in list(result.warnings) + lowering_warnings:
         warning(PROG, message)
     if not args.quiet:
         print(summary(report))
         if "container" in report:
             print(size_table(report["container"]))
+        if "target" in report:
+            print(program_summary(report["target"]))
     return 0
 
 

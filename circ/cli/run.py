@@ -3,6 +3,8 @@
 ::
 
     circ-run model.onnx --input in.npz [-o out.npz] [--time] [--runs N]
+    circ-run prog.eie --input in.npz [-o out.npz] [--stats] [--asm]
+    circ-run prog.dpu --asm
 
 ``in.npz`` maps input names to arrays; when the model has one input, a file holding a single
 array is accepted whatever the array is called. ``out.npz`` maps output names to arrays;
@@ -10,8 +12,12 @@ without ``-o`` a short summary of each output is printed. ``--time`` prints the 
 latency of ``--runs`` runs after a first, untimed one.
 
 What runs a file is chosen by its extension in :data:`RUNNERS`: ``.onnx`` models run on the
-reference interpreter; backends add their program formats (``.eie``, ``.dpu``) with
-:func:`register_runner`.
+reference interpreter; other extensions are looked up among the backends' targets
+(:func:`backends.target_for_file`), so ``.eie`` and ``.dpu`` programs (written by ``circ-opt
+--target``) run on their simulators, on the whole batch. For a program, ``--stats`` prints the
+target's per-instruction table (instructions, cycles, memory read and written by level,
+energy; load-balance efficiency for EIE) and ``--asm`` its assembly (``--input`` is then
+optional).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Callable, Optional, Sequence
 import attrs
 import numpy as np
 
-from circ.cli.common import ArgumentParser, check_writable, require_file, run_tool
+from circ.cli.common import ArgumentParser, UsageError, check_writable, require_file, run_tool
 from circ.errors import DataError, ModelError
 
 PROG = "circ-run"
@@ -40,6 +46,9 @@ class Runnable:
     run: Callable[[dict], dict]  # name -> array feeds to name -> array outputs
     check: Callable[[dict], dict] = lambda feeds: feeds  # feeds checked/converted; DataError if not
     describe: Callable[[str], str] = lambda name: name  # "x: f32[N,3]" for messages
+    target: object = None  # a backends.Target when this is a lowered program
+    program: object = None
+    last_stats: list = attrs.field(factory=list)  # [stats] of the latest run of a program
 
 
 def _load_onnx(path: str) -> Runnable:
@@ -67,12 +76,35 @@ def register_runner(extension: str, loader: Callable[[str], Runnable]) -> None:
     RUNNERS[extension.lower()] = loader
 
 
+def _load_program(path: str, target) -> Runnable:
+    """A backend program (``.eie``, ``.dpu``) on its target's simulator with default options."""
+    program = target.read(path)
+    runnable = Runnable(list(target.inputs(program)), lambda feeds: {}, target=target,
+                        program=program)
+
+    def run(feeds):
+        outputs, stats = target.run(program, feeds)
+        runnable.last_stats[:] = [stats]
+        return outputs
+
+    runnable.run = run
+    return runnable
+
+
 def load_runnable(path: str) -> Runnable:
     require_file(path, "a model", ModelError)
     extension = os.path.splitext(path)[1].lower()
     loader = RUNNERS.get(extension)
+    if loader is None and extension:
+        from backends import target_for_file
+
+        target = target_for_file(path)
+        if target is not None:
+            return _load_program(path, target)
     if loader is None:
-        known = ", ".join(sorted(RUNNERS))
+        from backends import TARGETS
+
+        known = ", ".join(sorted(RUNNERS) + ["." + name for name in sorted(TARGETS)])
         raise ModelError(f"{path}: cannot run files of type {extension or '(no extension)'!r}; "
                          f"circ-run runs {known}")
     return loader(path)
@@ -113,11 +145,15 @@ def write_npz(handle, arrays: dict) -> None:
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description="Run a model on inputs from an .npz file.")
-    parser.add_argument("model", metavar="MODEL", help="the model (" + ", ".join(sorted(RUNNERS)) + ")")
-    parser.add_argument("--input", required=True, metavar="IN.npz", help="input name -> array")
+    parser.add_argument("model", metavar="MODEL",
+                        help="the model (" + ", ".join(sorted(RUNNERS)) + ") or program (.eie, .dpu)")
+    parser.add_argument("--input", metavar="IN.npz", help="input name -> array (batch on axis 0)")
     parser.add_argument("-o", "--output", metavar="OUT.npz", help="write outputs (name -> array)")
     parser.add_argument("--time", action="store_true", help="print the median latency")
     parser.add_argument("--runs", type=int, default=5, help="timed runs for --time (default 5)")
+    parser.add_argument("--stats", action="store_true",
+                        help="program: per instruction cycles, memory traffic by level, energy")
+    parser.add_argument("--asm", action="store_true", help="program: print its assembly")
     return parser
 
 
@@ -125,11 +161,25 @@ def _body(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.runs < 1:
         raise DataError(f"--runs must be at least 1, got {args.runs}")
+    if args.input is None and not args.asm:
+        raise UsageError(f"the following arguments are required: --input (see {PROG} --help)")
     if args.output:
+        if args.input is None:
+            raise UsageError(f"-o needs --input (see {PROG} --help)")
         check_writable(args.output, protect=[args.model, args.input])
     runnable = load_runnable(args.model)
+    if (args.stats or args.asm) and runnable.target is None:
+        raise UsageError(f"{args.model}: --stats and --asm are for backend programs (.eie, .dpu), "
+                         "not ONNX models")
+    if args.asm:
+        print(runnable.target.asm(runnable.program), end="")
+        if args.input is None:
+            return 0
     feeds = read_feeds(args.input, runnable)
-    outputs = runnable.run(feeds)
+    try:
+        outputs = runnable.run(feeds)
+    except DataError as err:
+        raise DataError(f"{args.input}: {err}") from None
 
     if args.output:
         from circ.fileio import atomic_write
@@ -138,6 +188,8 @@ def _body(argv: Sequence[str]) -> int:
                      protect=[args.model, args.input])
     else:
         print(describe_outputs(outputs))
+    if args.stats:
+        print(runnable.target.format_stats(runnable.last_stats[0]))
     if args.time:
         seconds = []
         for _ in range(args.runs):
