@@ -17,6 +17,7 @@ Kernels, fastest case first (all in the input's dtype, float32 stays float32):
 from __future__ import annotations
 
 import itertools
+import threading
 from typing import Optional
 
 import attrs
@@ -142,12 +143,7 @@ def pad_spatial(x: np.ndarray, begins, ends, value=0) -> np.ndarray:
 def fit_windows(x: np.ndarray, win: Window, value=0) -> np.ndarray:
     """``x`` padded so every window of ``win`` lies inside it (ceil_mode may need more than
     the pads ask for)."""
-    ends = []
-    for size, begin, end, out, stride, extent in zip(x.shape[2:], win.pads_begin, win.pads_end,
-                                                      win.out_dims, win.strides, win.effective_kernel):
-        needed = (out - 1) * stride + extent
-        ends.append(max(needed - size - begin, end))
-    return pad_spatial(x, win.pads_begin, ends, value)
+    return pad_spatial(x, win.pads_begin, _fitted_ends(x.shape[2:], win), value)
 
 
 def tap_slices(win: Window, tap: tuple) -> tuple:
@@ -234,56 +230,30 @@ def _conv(node, x, w, bias=None):
     win = _kernel_window(node, x.shape[2:], kernel_dims)
     group = int(node.attrs.get("group", 1))
     w = w.astype(x.dtype, copy=False)
-    batch, channels = x.shape[:2]
-    out_channels = w.shape[0]
+    channels, out_channels = x.shape[1], w.shape[0]
     if channels != w.shape[1] * group or out_channels % group:
         raise ValueError(f"input channels {channels}, weight {list(w.shape)} and group {group} "
                          f"do not fit")
+    bias = None if bias is None else bias.astype(x.dtype, copy=False)
     depthwise = w.shape[1] == 1 and group > 1
     if depthwise and len(set(win.strides)) == 1:
         out = _depthwise_flat(x, w, win, group)
     elif depthwise:
         out = _depthwise(fit_windows(x, win), w, win, group)
-    elif all(k == 1 for k in kernel_dims):
+    elif all(k == 1 for k in kernel_dims) and not _is_channels_last(x):
         out = _pointwise(fit_windows(x, win), w, win, group)
+    elif _prefers_channels_last(w, win, group):
+        return _conv_channels_last(x, w, win, group, bias)
     else:
-        out = _im2col(fit_windows(x, win), w, win, group)
+        return _conv_channels_first(x, w, win, group, bias)
     if bias is not None:
-        out += bias.astype(out.dtype, copy=False).reshape((-1,) + (1,) * len(kernel_dims))
+        out += bias.reshape((-1,) + (1,) * len(kernel_dims))
     return out
 
 
-@gradient("Conv")
-def _conv_grad(node, inputs, outputs, grad_outputs):
-    """Gradients of Conv through the im2col matrix: the weight's is ``grad @ cols^T`` summed
-    over the batch; the input's is ``w^T @ grad`` scattered back to the input, one kernel tap
-    at a time (each tap meets distinct input elements, so a plain ``+=`` on its slice is exact)."""
-    x, w = inputs[0], inputs[1]
-    bias = inputs[2] if len(inputs) > 2 else None
-    grad = grad_outputs[0]
-    win = _kernel_window(node, x.shape[2:], tuple(w.shape[2:]))
-    group = int(node.attrs.get("group", 1))
-    batch, channels = x.shape[:2]
-    depth = channels // group * int(np.prod(win.kernel))
-    pixels = int(np.prod(win.out_dims))
-    padded = fit_windows(x, win)
-    cols = windows_view(padded, win).reshape(batch, group, depth, pixels)
-    grad_cols = grad.reshape(batch, group, w.shape[0] // group, pixels)
-    weights = w.reshape(group, w.shape[0] // group, depth)
-    grad_w = np.matmul(grad_cols, np.swapaxes(cols, -1, -2)).sum(axis=0).reshape(w.shape)
-    grad_windows = np.matmul(np.swapaxes(weights, -1, -2), grad_cols)
-    grad_windows = grad_windows.reshape((batch, channels) + win.kernel + win.out_dims)
-    grad_padded = np.zeros_like(padded)
-    for tap in itertools.product(*(range(k) for k in win.kernel)):
-        grad_padded[tap_slices(win, tap)] += grad_windows[(slice(None), slice(None)) + tap]
-    grad_x = grad_padded[(slice(None), slice(None)) + tuple(
-        slice(b, b + s) for b, s in zip(win.pads_begin, x.shape[2:]))]
-    grad_bias = None if bias is None else grad.sum(axis=(0,) + tuple(range(2, grad.ndim)))
-    return [grad_x, grad_w, grad_bias][: len(inputs)]
-
-
 def _pointwise(padded, w, win, group):
-    """1x1 kernels: sample the input at the strides, then one (batched) matmul."""
+    """1x1 kernels on a (N, C, spatial...) ordered input: sample the input at the strides,
+    then one matmul per batch item and group, giving the output in the same order."""
     batch, channels = padded.shape[:2]
     sampled = padded[tap_slices(win, (0,) * len(win.kernel))]
     pixels = int(np.prod(win.out_dims))
@@ -292,34 +262,281 @@ def _pointwise(padded, w, win, group):
     return np.matmul(weights, cols).reshape((batch, w.shape[0]) + win.out_dims)
 
 
-# Bytes of im2col matrix built at once. Large enough that BLAS runs at full speed, small
-# enough to stay in cache and that a VGG layer at batch 8 needs megabytes, not gigabytes.
-IM2COL_CHUNK_BYTES = 1 << 22
+# ------------------------------------------------------------------ im2col with one GEMM
+#
+# The general kernel copies the windows into a column matrix and multiplies it by the
+# weights, one large GEMM per chunk of the batch (BLAS runs its threads on it), instead of
+# one small GEMM per batch item. How fast the copy goes depends on how long its contiguous
+# runs are, so there are two layouts:
+#
+# - channels last: rows are output pixels, columns (taps, channels); the input is first
+#   copied into an (N, spatial..., C) buffer (with its pads), where a window row of
+#   ``kernel_width * channels`` values is contiguous. The output comes out as (N, spatial...,
+#   C) memory and is returned as a transposed view, so a following channels-last conv (or
+#   Relu, BatchNormalization, Add, which keep their input's memory order) needs no copy.
+# - channels first: rows (channels, taps), columns (batch, pixels); a run is one output row
+#   of the input (``out_width`` values at stride 1). Better for few input channels, such as
+#   a first layer on a grey or RGB image at stride 1.
+
+# Bytes of column matrix built at once: large enough that BLAS runs near full speed on two
+# threads, small enough that a VGG layer at batch 8 needs megabytes, not gigabytes.
+IM2COL_CHUNK_BYTES = 1 << 24
 
 
-def _im2col(padded, w, win, group):
-    """General case: copy the strided window view into a ``(channels * taps, pixels)`` matrix
-    per batch item and group, and multiply by the weights in one batched matmul. Large
-    layers go in chunks of output rows (first spatial axis)."""
-    batch, channels = padded.shape[:2]
-    depth = channels // group * int(np.prod(win.kernel))
-    rows, row_pixels = win.out_dims[0], int(np.prod(win.out_dims[1:]))
-    weights = w.reshape(group, w.shape[0] // group, depth)
-    view = windows_view(padded, win)
-    row_bytes = batch * group * depth * row_pixels * padded.itemsize
-    step = max(1, IM2COL_CHUNK_BYTES // row_bytes)
-    if step >= rows:
-        cols = view.reshape(batch, group, depth, rows * row_pixels)
-        return np.matmul(weights, cols).reshape((batch, w.shape[0]) + win.out_dims)
-    out = np.empty((batch, group, w.shape[0] // group, rows, row_pixels), dtype=padded.dtype)
-    row_axis = 2 + len(win.kernel)
-    for start in range(0, rows, step):
-        stop = min(start + step, rows)
-        chunk = view[(slice(None),) * row_axis + (slice(start, stop),)]
-        cols = chunk.reshape(batch, group, depth, (stop - start) * row_pixels)
-        out[:, :, :, start:stop] = np.matmul(weights, cols).reshape(
-            out.shape[:3] + (stop - start, row_pixels))
-    return out.reshape((batch, w.shape[0]) + win.out_dims)
+_scratch_space = threading.local()
+
+
+def _scratch(slot: str, shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised array for temporary use, from a per-thread buffer kept between calls.
+
+    Column matrices are rebuilt for every chunk of every call; allocating them fresh costs a
+    page fault per 4 KiB (as much time as the copy itself), so each thread keeps one buffer
+    per ``slot`` (at most about :data:`IM2COL_CHUNK_BYTES`) and hands out views of it. A view
+    is only valid until the next call with the same slot on the same thread."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    buffers = getattr(_scratch_space, "buffers", None)
+    if buffers is None:
+        buffers = _scratch_space.buffers = {}
+    buffer = buffers.get(slot)
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(size, dtype=np.uint8)
+        if size <= 2 * IM2COL_CHUNK_BYTES:
+            buffers[slot] = buffer
+    return buffer[:size].view(dtype).reshape(shape)
+
+
+def _is_channels_last(x: np.ndarray) -> bool:
+    """True when ``x`` (N, C, spatial...) is a view of (N, spatial..., C) contiguous memory
+    (and not also plainly contiguous, as with one channel)."""
+    return (x.ndim > 2 and not x.flags.c_contiguous
+            and np.moveaxis(x, 1, -1).flags.c_contiguous)
+
+
+def _prefers_channels_last(w, win: Window, group: int) -> bool:
+    """Whether the channels-last column copy has runs at least as long as channels-first's."""
+    per_group = w.shape[1]
+    last_run = per_group * (win.kernel[-1] if group == 1 and win.dilations[-1] == 1 else 1)
+    first_run = win.out_dims[-1] if win.strides[-1] == 1 else 1
+    return last_run >= first_run
+
+
+def _fitted_ends(in_dims, win: Window) -> list:
+    """End pads so that every window of ``win`` lies inside the padded input (ceil_mode may
+    need more than the pads ask for)."""
+    ends = []
+    for size, begin, end, out, stride, extent in zip(in_dims, win.pads_begin, win.pads_end,
+                                                      win.out_dims, win.strides, win.effective_kernel):
+        ends.append(max((out - 1) * stride + extent - size - begin, end))
+    return ends
+
+
+def _chunks(batch: int, rows: int, row_bytes: int):
+    """``(n0, n1, r0, r1)`` pieces of the batch and the first output axis whose column
+    matrices stay near :data:`IM2COL_CHUNK_BYTES`: whole batch items when one fits, else
+    rows of one item (so each piece of a channels-last output is contiguous)."""
+    item_bytes = max(rows * row_bytes, 1)
+    if item_bytes <= IM2COL_CHUNK_BYTES:
+        step = max(1, IM2COL_CHUNK_BYTES // item_bytes)
+        for start in range(0, batch, step):
+            yield start, min(start + step, batch), 0, rows
+        return
+    step = max(1, IM2COL_CHUNK_BYTES // max(row_bytes, 1))
+    for item in range(batch):
+        for start in range(0, rows, step):
+            yield item, item + 1, start, min(start + step, rows)
+
+
+class _ChannelsLast:
+    """Channels-last im2col of one Conv: the padded input as (N, spatial..., G, Cg), the
+    window view over it and the weights as (G, taps * Cg, Cout / G)."""
+
+    def __init__(self, x, w, win: Window, group: int):
+        rank = len(win.kernel)
+        batch, channels = x.shape[:2]
+        self.win, self.group, self.rank = win, group, rank
+        self.per_group, self.out_per_group = channels // group, w.shape[0] // group
+        self.depth = self.per_group * int(np.prod(win.kernel))
+        ends = _fitted_ends(x.shape[2:], win)
+        self.padded_dims = tuple(s + b + e for s, b, e in zip(x.shape[2:], win.pads_begin, ends))
+        self.inner = tuple(slice(b, b + s) for b, s in zip(win.pads_begin, x.shape[2:]))
+        moved = np.moveaxis(x, 1, -1)
+        if self.padded_dims == x.shape[2:] and moved.flags.c_contiguous:
+            padded = moved
+        else:
+            padded = np.zeros((batch,) + self.padded_dims + (channels,), dtype=x.dtype)
+            padded[(slice(None),) + self.inner] = moved
+        self.padded = padded
+        spatial = padded.strides[1:-1]
+        item = padded.itemsize
+        shape = (batch,) + win.out_dims + win.kernel + (group, self.per_group)
+        strides = ((padded.strides[0],) + tuple(st * s for st, s in zip(spatial, win.strides))
+                   + tuple(st * d for st, d in zip(spatial, win.dilations))
+                   + (self.per_group * item, item))
+        view = as_strided(padded, shape, strides, writeable=False)
+        # (N, out..., G, taps..., Cg): one row of the column matrix per output pixel and group
+        order = (0,) + tuple(range(1, rank + 1)) + (2 * rank + 1,) \
+            + tuple(range(rank + 1, 2 * rank + 1)) + (2 * rank + 2,)
+        self.view = view.transpose(order)
+        taps = tuple(range(3, 3 + rank))
+        self.weights = w.reshape((group, self.out_per_group, self.per_group) + win.kernel) \
+            .transpose((0,) + taps + (2, 1)).reshape(group, self.depth, self.out_per_group)
+        self.row_bytes = int(np.prod(win.out_dims[1:])) * group * self.depth * item
+
+    def chunks(self):
+        return _chunks(self.view.shape[0], self.win.out_dims[0], self.row_bytes)
+
+    def cols(self, n0, n1, r0, r1) -> np.ndarray:
+        """Column matrix ``(pixels, G, depth)`` of batch items n0:n1, output rows r0:r1."""
+        piece = self.view[n0:n1, r0:r1]
+        cols = _scratch("cols", piece.shape, piece.dtype)
+        np.copyto(cols, piece)
+        return cols.reshape(-1, self.group, self.depth)
+
+
+def _conv_channels_last(x, w, win: Window, group: int, bias):
+    plan = _ChannelsLast(x, w, win, group)
+    batch, out_channels = x.shape[0], w.shape[0]
+    out = np.empty((batch,) + win.out_dims + (out_channels,), dtype=x.dtype)
+    for n0, n1, r0, r1 in plan.chunks():
+        cols = plan.cols(n0, n1, r0, r1)
+        target = out[n0:n1, r0:r1].reshape(-1, out_channels)  # contiguous: a view
+        if group == 1:
+            np.matmul(cols[:, 0], plan.weights[0], out=target)
+        else:
+            products = np.matmul(cols.transpose(1, 0, 2), plan.weights)
+            target.reshape(-1, group, plan.out_per_group)[...] = products.transpose(1, 0, 2)
+        if bias is not None:
+            target += bias
+    return np.moveaxis(out, -1, 1)
+
+
+class _ChannelsFirst:
+    """Channels-first im2col of one Conv: the window view (G, Cg, taps..., N, out...) of the
+    padded input and the weights as (G, Cout / G, Cg * taps)."""
+
+    def __init__(self, x, w, win: Window, group: int):
+        rank = len(win.kernel)
+        batch, channels = x.shape[:2]
+        self.win, self.group, self.rank = win, group, rank
+        self.per_group, self.out_per_group = channels // group, w.shape[0] // group
+        self.depth = self.per_group * int(np.prod(win.kernel))
+        self.padded = fit_windows(x, win)
+        view = windows_view(self.padded, win)
+        view = view.reshape((batch, group, self.per_group) + win.kernel + win.out_dims)
+        self.view = view.transpose((1, 2) + tuple(range(3, 3 + rank)) + (0,)
+                                   + tuple(range(3 + rank, 3 + 2 * rank)))
+        self.weights = w.reshape(group, self.out_per_group, self.depth)
+        self.row_bytes = int(np.prod(win.out_dims[1:])) * group * self.depth * x.itemsize
+
+    def chunks(self):
+        return _chunks(self.padded.shape[0], self.win.out_dims[0], self.row_bytes)
+
+    def cols(self, n0, n1, r0, r1) -> np.ndarray:
+        """Column matrix ``(G, depth, pixels)`` of batch items n0:n1, output rows r0:r1."""
+        piece = self.view[(slice(None),) * (2 + self.rank) + (slice(n0, n1), slice(r0, r1))]
+        cols = _scratch("cols", piece.shape, piece.dtype)
+        np.copyto(cols, piece)
+        return cols.reshape(self.group, self.depth, -1)
+
+    def batch_major(self, array, n0, n1, r0, r1) -> np.ndarray:
+        """``(G, rows, pixels)`` products of one chunk as (n, G, rows, out...)."""
+        dims = (n1 - n0, r1 - r0) + self.win.out_dims[1:]
+        array = array.reshape(array.shape[:2] + dims)
+        return np.moveaxis(array, 2, 0)
+
+
+def _conv_channels_first(x, w, win: Window, group: int, bias):
+    plan = _ChannelsFirst(x, w, win, group)
+    batch, out_channels = x.shape[0], w.shape[0]
+    out = np.empty((batch, group, plan.out_per_group) + win.out_dims, dtype=x.dtype)
+    for n0, n1, r0, r1 in plan.chunks():
+        products = np.matmul(plan.weights, plan.cols(n0, n1, r0, r1))
+        if bias is not None:
+            products += bias.reshape(group, plan.out_per_group, 1)
+        out[n0:n1, :, :, r0:r1] = plan.batch_major(products, n0, n1, r0, r1)
+    return out.reshape((batch, out_channels) + win.out_dims)
+
+
+@gradient("Conv")
+def _conv_grad(node, inputs, outputs, grad_outputs):
+    """Gradients of Conv through the same column matrices as the forward kernel, chunk by
+    chunk: the weight's is ``grad^T @ cols`` (one GEMM over all batch items of a chunk); the
+    input's is ``grad @ weights`` scattered back to the input one kernel tap at a time (each
+    tap meets distinct input elements, so a plain ``+=`` on its slice is exact)."""
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    grad = grad_outputs[0]
+    win = _kernel_window(node, x.shape[2:], tuple(w.shape[2:]))
+    group = int(node.attrs.get("group", 1))
+    w = w.astype(x.dtype, copy=False)
+    grad = grad.astype(x.dtype, copy=False)
+    if _prefers_channels_last(w, win, group):
+        grad_x, grad_w = _grad_channels_last(x, w, win, group, grad)
+    else:
+        grad_x, grad_w = _grad_channels_first(x, w, win, group, grad)
+    grad_bias = None if bias is None else grad.sum(axis=(0,) + tuple(range(2, grad.ndim)))
+    return [grad_x, grad_w, grad_bias][: len(inputs)]
+
+
+def _grad_channels_last(x, w, win: Window, group: int, grad):
+    plan = _ChannelsLast(x, w, win, group)
+    rank, channels = plan.rank, x.shape[1]
+    grad_last = np.ascontiguousarray(np.moveaxis(grad, 1, -1))  # (N, out..., G * Cog)
+    grad_weights = np.zeros_like(plan.weights)  # (G, depth, Cog)
+    grad_padded = np.zeros(plan.padded.shape, dtype=x.dtype)  # (N, padded..., C)
+    taps = list(itertools.product(*(range(k) for k in win.kernel)))
+    # (G, 1, Cog, taps * Cg) -> per tap (G, taps, Cog, Cg): the gradient of the columns
+    # comes out tap by tap, so each tap's piece is contiguous for the scatter below
+    by_tap = plan.weights.reshape(group, len(taps), plan.per_group, plan.out_per_group)
+    by_tap = np.ascontiguousarray(by_tap.transpose(0, 1, 3, 2))
+    for n0, n1, r0, r1 in plan.chunks():
+        cols = plan.cols(n0, n1, r0, r1)  # (m, G, depth)
+        grad_piece = grad_last[n0:n1, r0:r1].reshape(-1, group, plan.out_per_group)
+        by_group = grad_piece.transpose(1, 0, 2)  # (G, m, Cog)
+        grad_weights += np.matmul(cols.transpose(1, 2, 0), by_group)
+        dims = (n1 - n0, r1 - r0) + win.out_dims[1:]
+        grad_cols = _scratch("grad_cols", (group, len(taps), cols.shape[0], plan.per_group),
+                             x.dtype)
+        np.matmul(by_group[:, None], by_tap, out=grad_cols)
+        for index, tap in enumerate(taps):
+            target = (slice(n0, n1),) + tuple(
+                slice(t * d + start * s, t * d + (start + o - 1) * s + 1, s)
+                for t, d, s, o, start in zip(tap, win.dilations, win.strides, dims[1:],
+                                             (r0,) + (0,) * (rank - 1)))
+            piece = np.moveaxis(grad_cols[:, index], 0, -2)  # (m, G, Cg)
+            grad_padded[target] += piece.reshape(dims + (channels,))
+    grad_x = np.moveaxis(grad_padded[(slice(None),) + plan.inner], -1, 1)
+    grad_w = grad_weights.reshape((group,) + win.kernel + (plan.per_group, plan.out_per_group))
+    grad_w = grad_w.transpose((0, rank + 2, rank + 1) + tuple(range(1, rank + 1)))
+    return grad_x, np.ascontiguousarray(grad_w).reshape(w.shape)
+
+
+def _grad_channels_first(x, w, win: Window, group: int, grad):
+    plan = _ChannelsFirst(x, w, win, group)
+    rank, batch, channels = plan.rank, x.shape[0], x.shape[1]
+    grad_groups = grad.reshape((batch, group, plan.out_per_group) + win.out_dims)
+    grad_weights = np.zeros_like(plan.weights)  # (G, Cog, depth)
+    grad_padded = np.zeros(plan.padded.shape, dtype=x.dtype)  # (N, C, padded...)
+    taps = list(itertools.product(*(range(k) for k in win.kernel)))
+    for n0, n1, r0, r1 in plan.chunks():
+        cols = plan.cols(n0, n1, r0, r1)  # (G, depth, m)
+        piece = grad_groups[n0:n1, :, :, r0:r1]  # (n, G, Cog, rows, out...)
+        grad_piece = np.ascontiguousarray(np.moveaxis(piece, 0, 2)).reshape(
+            group, plan.out_per_group, -1)
+        grad_weights += np.matmul(grad_piece, cols.transpose(0, 2, 1))
+        grad_cols = np.matmul(plan.weights.transpose(0, 2, 1), grad_piece)  # (G, depth, m)
+        dims = (n1 - n0, r1 - r0) + win.out_dims[1:]
+        grad_cols = grad_cols.reshape((group * plan.per_group,) + win.kernel + dims)
+        for tap in taps:
+            target = (slice(n0, n1), slice(None)) + tuple(
+                slice(t * d + start * s, t * d + (start + o - 1) * s + 1, s)
+                for t, d, s, o, start in zip(tap, win.dilations, win.strides, dims[1:],
+                                             (r0,) + (0,) * (rank - 1)))
+            grad_padded[target] += np.moveaxis(grad_cols[(slice(None),) + tap], 1, 0)
+    grad_x = grad_padded[(slice(None), slice(None)) + tuple(
+        slice(b, b + s) for b, s in zip(win.pads_begin, x.shape[2:]))]
+    return grad_x, grad_weights.reshape(w.shape)
 
 
 def _depthwise(padded, w, win, group):

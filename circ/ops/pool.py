@@ -65,7 +65,7 @@ def _reduce_windows(padded: np.ndarray, win: Window, combine) -> np.ndarray:
             start = tap * dilation
             piece = result[before + (slice(start, start + (out - 1) * stride + 1, stride),)]
             if reduced is None:
-                reduced = piece.copy()
+                reduced = piece.copy(order="K")  # a channels-last input stays channels-last
             else:
                 combine(reduced, piece, out=reduced)
         result = reduced
@@ -129,13 +129,38 @@ def _scatter_taps(x, win: Window, per_tap) -> np.ndarray:
 @gradient("MaxPool")
 def _max_pool_grad(node, inputs, outputs, grad_outputs):
     """Each window's gradient goes to its first maximum (the element the forward pass picked
-    under ties, as in PyTorch)."""
+    under ties, as in PyTorch). The maxima are the forward output, so each tap's share is
+    found by comparing its slice with the output, in tap order, skipping windows an earlier
+    tap already took; no argmax over a window view is needed. (A window whose maximum is
+    NaN passes no gradient.)"""
     x, grad = inputs[0], grad_outputs[0]
+    maxima = outputs[0]
     win = _run_window(node, x)
     lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-    windows = windows_view(fit_windows(x, win, lowest), win)
-    best = windows.reshape(x.shape[:2] + (-1,) + win.out_dims).argmax(axis=2)
-    return [_scatter_taps(x, win, lambda index, tap: np.where(best == index, grad, 0))]
+    padded = fit_windows(x, win, lowest)
+    grad = grad.astype(np.result_type(x.dtype, grad.dtype), copy=False)
+    grad_padded = np.zeros_like(padded, dtype=grad.dtype)  # keeps padded's memory order
+    # windows that share no input element (stride at least the window's extent) each write
+    # their own slice; otherwise the taps' shares add up
+    disjoint = all(s >= e for s, e in zip(win.strides, win.effective_kernel))
+    taken = None
+    hit = np.empty(maxima.shape, dtype=bool)
+    share = np.empty(maxima.shape, dtype=grad.dtype)
+    for tap in itertools.product(*(range(k) for k in win.kernel)):
+        where = tap_slices(win, tap)
+        np.equal(padded[where], maxima, out=hit)
+        if taken is None:
+            taken = hit.copy()
+        else:
+            hit &= ~taken
+            taken |= hit
+        if disjoint:
+            np.multiply(grad, hit, out=grad_padded[where])
+        else:
+            np.multiply(grad, hit, out=share)
+            grad_padded[where] += share
+    return [grad_padded[(slice(None), slice(None)) + tuple(
+        slice(b, b + s) for b, s in zip(win.pads_begin, x.shape[2:]))]]
 
 
 @gradient("AveragePool")
