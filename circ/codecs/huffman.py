@@ -292,15 +292,32 @@ def group_size(span: int, max_length: int, count: int) -> int:
     return group
 
 
-def _joint_table(codes: np.ndarray, lengths: np.ndarray, group: int):
+def _byte_pairs(chunk: np.ndarray, group: int) -> bool:
+    """Whether pairs of byte symbols are indexed as the native uint16 they are in memory,
+    ``first + 256 * second`` (no arithmetic over the stream), instead of in base ``span``."""
+    return group == 2 and chunk.dtype == np.uint8 and np.little_endian
+
+
+def _joint_table(codes: np.ndarray, lengths: np.ndarray, group: int, byte_pairs: bool = False):
     """Left-aligned codes (``uint64``, code in the top bits) and lengths (``uint8``) of every
-    ``group``-symbol sequence, indexed in base ``len(codes)``, first symbol most significant.
-    The tables are scratch arrays (valid until the next call)."""
+    ``group``-symbol sequence, indexed in base ``len(codes)``, first symbol most significant
+    (or, for ``byte_pairs``, at ``first + 256 * second``). The tables are scratch arrays
+    (valid until the next call)."""
     span = len(codes)
     wide = lengths.astype(np.uint64)
     # Entries of length 0 (a sequence with an absent symbol, never looked up, or a lone
     # symbol's empty code) are 0: the shift in two steps avoids the undefined shift by 64.
     single = (codes << np.uint64(1)) << (np.uint64(63) - wide)
+    if byte_pairs:  # rows: the second symbol; columns: the first, padded to 256
+        first = np.zeros(256, np.uint64)
+        first_lengths = np.zeros(256, np.uint8)
+        first[:span], first_lengths[:span] = single, lengths
+        aligned = bits.scratch("joint.aligned0", span * 256, np.uint64).reshape(span, 256)
+        np.right_shift(single[:, None], first_lengths.astype(np.uint64)[None, :], out=aligned)
+        aligned |= first[None, :]
+        sizes = bits.scratch("joint.lengths0", span * 256, np.uint8).reshape(span, 256)
+        np.add(first_lengths[None, :], lengths.astype(np.uint8)[:, None], out=sizes)
+        return aligned.reshape(-1), sizes.reshape(-1)
     joint_aligned, joint_lengths = single, lengths.astype(np.uint8)
     for level in range(1, group):
         size = len(joint_aligned) * span
@@ -315,7 +332,8 @@ def _joint_table(codes: np.ndarray, lengths: np.ndarray, group: int):
 
 
 def _unsigned(symbols: np.ndarray, lo: int, span: int) -> np.ndarray:
-    """``symbols - lo`` as an unsigned array of at most 16 bits (``span`` <= 2**16)."""
+    """``symbols - lo`` as an unsigned array: ``uint8`` when ``span`` <= 256, else ``uint16``
+    (``span`` <= 2**16)."""
     if symbols.dtype == np.bool_:
         return symbols.view(np.uint8)
     size = max(symbols.dtype.itemsize, 1)
@@ -324,8 +342,9 @@ def _unsigned(symbols: np.ndarray, lo: int, span: int) -> np.ndarray:
     shifted = symbols.view(unsigned)
     if lo:
         shifted = shifted - unsigned.type(lo % (1 << (8 * size)))
-    if size > 2:
-        shifted = shifted.astype(np.uint8 if span <= 256 else np.uint16)
+    narrow = np.uint8 if span <= 256 else np.uint16
+    if shifted.dtype != narrow and shifted.dtype != np.uint8:
+        shifted = shifted.astype(narrow)  # (byte symbols can be read in pairs)
     return shifted
 
 
@@ -334,6 +353,9 @@ def _joint_index(chunk: np.ndarray, group: int, span: int) -> np.ndarray:
     table: digits of base ``span``, first symbol first."""
     whole = len(chunk) // group * group
     index = bits.scratch("index", whole // group, np.intp)
+    if _byte_pairs(chunk, group):
+        np.copyto(index, chunk[:whole].view(np.uint16))
+        return index
     if group == 1:
         np.copyto(index, chunk)
         return index
@@ -354,6 +376,12 @@ def _count(shifted: np.ndarray, span: int, group: int):
     for first in range(0, len(shifted), STEP // group * group):
         chunk = shifted[first:first + STEP // group * group]
         index = _joint_index(chunk, group, span)
+        if _byte_pairs(chunk, group):
+            joint = np.bincount(index, minlength=256 * span).reshape(span, 256)
+            counts += joint.sum(axis=0)[:span]
+            counts += joint.sum(axis=1)
+            counts += np.bincount(chunk[len(index) * group:], minlength=span)
+            continue
         joint = np.bincount(index, minlength=span ** group)
         for _ in range(group):  # peel off the first symbol's counts, then count the rest
             joint = joint.reshape(span, -1)
@@ -389,7 +417,7 @@ def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[in
     block = block or block_size(count)
     if block % group:
         block = max(group, block // group * group)
-    joint_aligned, joint_lengths = _joint_table(codes, lengths, group)
+    joint_aligned, joint_lengths = _joint_table(codes, lengths, group, _byte_pairs(shifted, group))
 
     words = np.zeros(bits.word_count(nbits, spare=1), np.uint64)
     offsets, position = [], 0
@@ -406,8 +434,8 @@ def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[in
         entries = whole + bool(left_over)
         aligned = bits.scratch("aligned", entries, np.uint64)
         sizes = bits.scratch("sizes", entries, np.uint8)
-        np.take(joint_aligned, index, out=aligned[:whole])
-        np.take(joint_lengths, index, out=sizes[:whole])
+        np.take(joint_aligned, index, out=aligned[:whole], mode="clip")
+        np.take(joint_lengths, index, out=sizes[:whole], mode="clip")
         if left_over:
             code, size = 0, 0
             for symbol in left_over:
