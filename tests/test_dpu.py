@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import circ
-from backends import parse_target, target_class
+from backends import parse_target, target_class, target_for_file
 from backends.dpu.asm import parse_program, print_program
 from backends.dpu.encode import decode, encode, read_program, write_program
 from backends.dpu.isa import Conv, Elew, Fc, Layer, Load, LoadW, Pool, Program, Store, TensorDesc
@@ -324,6 +324,7 @@ def test_target_interface(cnn, calibration, tmp_path):
     target = parse_target("dpu(mac_rows=8,ibuf_bytes=4096,calibration=percentile)")
     assert (target.mac_rows, target.ibuf_bytes, target.calibration) == (8, 4096, "percentile")
     assert target_class("dpu").extension == ".dpu"
+    assert type(target_for_file("model.dpu")).__name__ == "DPUTarget"
     program = target.lower(cnn, calibration)
     path = str(tmp_path / "cnn.dpu")
     target.write(program, path)
@@ -341,3 +342,26 @@ def test_target_interface(cnn, calibration, tmp_path):
     assert target.program_stats(program)["layers"] == 7
     with pytest.raises(circ.PipelineError):
         parse_target("dpu(mac_rows=0)")
+
+
+def test_command_line_lowers_and_runs_a_cnn(cnn, calibration, tmp_path, capsys):
+    from circ.cli import opt
+    from circ.cli import run as run_cli
+
+    model, data, feed = tmp_path / "cnn.onnx", tmp_path / "calib.npz", tmp_path / "in.npz"
+    circ.save(cnn, str(model))
+    np.savez(data, **calibration)
+    x = calibration["x"][:3]
+    np.savez(feed, x=x)
+    program_path, out_path = tmp_path / "cnn.dpu", tmp_path / "out.npz"
+    assert opt.main(["--target=dpu(mac_cols=8)", "--data", str(data), str(model),
+                     "-o", str(program_path)]) == 0
+    assert run_cli.main([str(program_path), "--input", str(feed), "-o", str(out_path),
+                         "--stats"]) == 0
+    printed = capsys.readouterr().out
+    assert "energy uJ" in printed and "total" in printed
+    want = run(lower(cnn, calibration=calibration), {"x": x})[0][cnn.outputs[0].name]
+    with np.load(out_path) as outputs:
+        np.testing.assert_array_equal(outputs[cnn.outputs[0].name], want)
+    assert run_cli.main([str(program_path), "--asm"]) == 0
+    assert capsys.readouterr().out.startswith(".dpu 1")
