@@ -149,8 +149,8 @@ def decode_entries(ins: SpMV):
 def decode_layer(ins: SpMV) -> DecodedLayer:
     """The simulator's layouts of ``ins`` (vectorised); BackendError if corrupt."""
     row, col, code, counts = decode_entries(ins)
-    real_per_column = np.zeros((ins.pes, ins.cols), dtype=np.int64)
-    np.add.at(real_per_column, (row % ins.pes, col), 1)
+    real_per_column = np.bincount((row % ins.pes) * ins.cols + col, minlength=ins.pes * ins.cols)
+    real_per_column = real_per_column.reshape(ins.pes, ins.cols)
     order = np.lexsort((col, row))
     row, col, code = row[order], col[order], code[order]
     new_row = np.ones(row.size, dtype=bool)
