@@ -44,6 +44,7 @@ from circ.printer import format_count
 HISTOGRAM_LAYERS = 4  # the largest layers get weight histograms
 COLLAPSE_NODES = 150  # graphs with more nodes (before + after) are drawn with repeated blocks collapsed
 MAX_PE_CHARTS = 12
+GENERIC_KEYS = ("program", "stats", "layers")  # left out of chart titles: the layer name says it
 
 CSS = """
 body { font-family: Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1200px;
@@ -407,7 +408,8 @@ def _target_section(report: Mapping) -> str:
     contents = {key: value for key, value in target.items() if key != "name"}
     for label, values in per_pe_lists(contents)[:MAX_PE_CHARTS]:
         mean = float(np.mean(values)) if values else 0.0
-        charts.append(bar_chart_svg({label: values}, title=f"per-PE load: {label}", xlabel="PE",
+        short = "/".join(part for part in label.split("/") if part not in GENERIC_KEYS) or label
+        charts.append(bar_chart_svg({label: values}, title=f"per-PE load: {short}", xlabel="PE",
                                     ylabel="non-zeros" if "nonzero" in label.lower() or "nnz" in label.lower()
                                     else label.split("/")[-1], reference=("mean", round(mean, 1)),
                                     width=560, height=280))

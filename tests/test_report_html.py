@@ -189,7 +189,7 @@ def test_target_per_pe_load_gets_bar_charts(tmp_path):
     assert '<td>stats.cycles</td><td class="num">1,234</td>' in page
     charts = re.search(r'<div class="charts" id="pe-load">(.*?)</div>', page, re.S).group(1)
     assert charts.count("<svg") == 2
-    assert "per-PE load: stats/layers/fc1/pe_nonzeros" in charts
+    assert "per-PE load: fc1/pe_nonzeros" in charts
     assert charts.count("<rect x=") == 8 and "<title>2: 9</title>" in charts
 
 
@@ -212,3 +212,22 @@ def test_report_html_refuses_to_overwrite_the_model(tmp_path, capsys):
     model = _mlp(tmp_path / "m.onnx")
     code = opt_main(["--passes=dce", str(model), "--report-html", str(model)])
     assert code == 2 and "m.onnx" in capsys.readouterr().err
+
+
+def test_eie_target_per_pe_nonzeros_in_the_page(tmp_path):
+    model = _mlp(tmp_path / "m.onnx")
+    page_path, json_path = tmp_path / "r.html", tmp_path / "r.json"
+    code = opt_main(["--passes=prune(sparsity=0.8),cluster(bits=4)", "--target=eie(pes=8)", str(model),
+                     "-o", str(tmp_path / "m.eie"), "--report-html", str(page_path),
+                     "--report", str(json_path), "-q"])
+    assert code == 0
+    layers = json.loads(json_path.read_text())["target"]["program"]["layers"]
+    page = page_path.read_text()
+    charts = re.search(r'<div class="charts" id="pe-load">(.*?)</div>', page, re.S).group(1)
+    svgs = charts.split("</svg>")[:-1]
+    assert len(svgs) == len(layers) == 2
+    for svg, layer in zip(svgs, layers):
+        assert f"per-PE load: {layer['layer']}/nonzeros_per_pe" in svg
+        bars = re.findall(r"<title>(\d+): ([\d,]+)</title></rect>", svg)
+        assert [int(pe) for pe, _ in bars] == list(range(8))
+        assert sum(int(n.replace(",", "")) for _, n in bars) == layer["nonzeros"]
