@@ -71,6 +71,11 @@ class PassContext:
 
     seed: int = 0
     data: Optional[dict] = None  # calibration / training arrays (--data), name -> array
+    labels: Optional[np.ndarray] = None  # class indices of the samples in ``data`` (array y)
+    val: Optional[tuple] = None  # validation data (--val): (input name -> array, labels)
+    # The graph as it was before the pipeline (a copy), made only when a pass's
+    # ``wants_original()`` asks for it: the default teacher of distillation.
+    original: Optional[Graph] = None
     declines: list = attrs.field(factory=list)
     current_pass: str = ""
     _analyses: dict = attrs.field(factory=dict)
@@ -144,6 +149,11 @@ class Pass:
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def wants_original(self) -> bool:
+        """Whether this pass reads ``ctx.original`` (the pass manager then keeps a copy of the
+        input graph for it)."""
+        return False
 
     # The text that parses back to this pass with the same options (non-defaults only).
     def to_text(self) -> str:

@@ -281,17 +281,21 @@ class PassManager:
     Options: ``verify`` (verify-each, default True), ``print_ir_after`` (a pass name, a list
     of names, or ``"all"``), ``time_passes`` and ``pass_statistics`` (emit their tables),
     ``verify_numerics``, ``seed`` (for passes and the sample input), ``data`` (calibration
-    arrays for passes), ``instruments`` (extra :class:`Instrument` objects, outermost), and
-    ``emit`` (a callable receiving instrument text; default: kept in ``result.log``).
+    or training arrays for passes), ``labels`` (class indices of ``data``'s samples), ``val``
+    (validation ``(arrays, labels)``), ``instruments`` (extra :class:`Instrument` objects,
+    outermost), and ``emit`` (a callable receiving instrument text; default: kept in ``result.log``).
     """
 
     def __init__(self, passes: Iterable[Pass], *, verify: bool = True, print_ir_after=None,
                  time_passes: bool = False, pass_statistics: bool = False,
                  verify_numerics: bool = False, seed: int = 0, data: Optional[dict] = None,
-                 instruments: Iterable[Instrument] = (), emit: Optional[Callable[[str], None]] = None):
+                 instruments: Iterable[Instrument] = (), emit: Optional[Callable[[str], None]] = None,
+                 labels: Optional[np.ndarray] = None, val: Optional[tuple] = None):
         self.passes = as_passes(passes)
         self.seed = seed
         self.data = data
+        self.labels = labels
+        self.val = val
         self.emit = emit
         self.instruments = list(instruments)
         if verify_numerics:
@@ -328,7 +332,9 @@ class PassManager:
     def run(self, graph: Graph) -> PipelineResult:
         """Run every pass on ``graph`` (in place) and return the result with its report."""
         log: list[str] = []
-        ctx = PassContext(seed=self.seed, data=self.data)
+        ctx = PassContext(seed=self.seed, data=self.data, labels=self.labels, val=self.val)
+        if any(p.wants_original() for p in self.passes):
+            ctx.original = graph.copy()
         report = {"circ_version": circ.__version__, "pipeline": self.text, "seed": self.seed,
                   "instruments": [i.name for i in self.instruments], "passes": [],
                   "declines": [], "warnings": []}

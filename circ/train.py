@@ -321,16 +321,44 @@ def trainable_parameters(graph: Graph, *, freeze_bn: bool = False) -> tuple[list
     return params, frozen
 
 
+def _trained_batch_norms(graph: Graph) -> list[Node]:
+    """BatchNormalization nodes that train on batch statistics (per-channel parameters)."""
+    return [node for node in graph.nodes
+            if node.op == "BatchNormalization" and node.domain in ("", "ai.onnx")
+            and len(node.outputs) == 1 and node.inputs[1].shape is not None
+            and len(node.inputs[1].shape) == 1 and node.input(3) is not None and node.input(4) is not None]
+
+
+def untie_running_statistics(graph: Graph) -> int:
+    """Give every training BatchNormalization running mean and variance constants of its own,
+    so updating them changes nothing else; returns how many inputs were rewired.
+
+    PyTorch's exporter stores identical initializers once: an untrained BN's running variance
+    (ones) becomes ``Identity(scale)`` and its running mean (zeros) ``Identity(bias)``, and
+    two BNs may share one. Updating those in place would move the scale or the other BN.
+    """
+    rewired = 0
+    for node in _trained_batch_norms(graph):
+        for index, suffix in ((3, "running_mean"), (4, "running_var")):
+            value = node.inputs[index]
+            if value.const is not None and len(value.uses) == 1:
+                continue
+            root = _root_const(value)
+            if root is None or root.const.dtype.kind != "f":
+                continue  # computed at run time: left as it is, never updated
+            array = np.array(root.const.to_numpy(), copy=True).reshape(node.inputs[1].shape)
+            own = graph.add_const(f"{node.name or 'batchnorm'}_{suffix}", Dense(array))
+            graph.set_input(node, index, own)
+            rewired += 1
+    return rewired
+
+
 def _batch_norm_states(graph: Graph) -> list[BatchNormState]:
     states = []
-    for node in graph.nodes:
-        if node.op != "BatchNormalization" or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
-            continue
-        mean, var = node.input(3), node.input(4)
-        if mean is None or var is None or mean.const is None or var.const is None:
-            continue
-        if node.inputs[1].shape is None or len(node.inputs[1].shape) != 1:
-            continue
+    for node in _trained_batch_norms(graph):
+        mean, var = node.inputs[3], node.inputs[4]
+        if mean.const is None or var.const is None or len(mean.uses) > 1 or len(var.uses) > 1:
+            continue  # see untie_running_statistics
         states.append(BatchNormState(node, np.array(mean.const.to_numpy(), copy=True),
                                      np.array(var.const.to_numpy(), copy=True),
                                      float(node.attrs.get("momentum", 0.9))))
@@ -406,7 +434,9 @@ def fit(graph: Graph, x: Feeds, y: np.ndarray, config: TrainConfig = TrainConfig
     With ``config.distill > 0`` the teacher's logits (``teacher``, default: ``graph`` as it is
     before training) give soft targets. ``val = (x_val, y_val)`` adds validation accuracy to
     each record. The graph's weights are written back (with ``graph.set_const``, same
-    representations) after every epoch.
+    representations) after every epoch. The one structural edit: BatchNormalization running
+    statistics shared with other values get constants of their own
+    (:func:`untie_running_statistics`).
     """
     config.check()
     feeds, labels = _inputs(graph, x, y, "training data")
@@ -421,6 +451,8 @@ def fit(graph: Graph, x: Feeds, y: np.ndarray, config: TrainConfig = TrainConfig
     teacher_logits = None
     if config.distill > 0:
         teacher_logits = predict(teacher if teacher is not None else graph, feeds)
+    if not config.freeze_bn:
+        untie_running_statistics(graph)
     batch_norms = [] if config.freeze_bn else _batch_norm_states(graph)
     tape = _TrainingTape(graph, training=not config.freeze_bn)
     for param in params:

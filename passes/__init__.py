@@ -8,3 +8,4 @@ from passes import huffman  # noqa: F401
 from passes import depthwise, svd  # noqa: F401
 from passes import channel_prune  # noqa: F401
 from passes import auto_prune, schedule, sensitivity  # noqa: F401
+from passes import finetune  # noqa: F401

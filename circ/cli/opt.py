@@ -8,9 +8,11 @@
     circ-opt --passes=prune,quant --data calib.npz model.onnx
     circ-opt --passes='prune(sparsity=0.9),cluster(bits=4)' --target=eie mlp.onnx -o mlp.eie
 
-``--data FILE.npz`` gives passes calibration arrays (input name -> array, samples along axis
-0; a single array is accepted for a one-input model): ``quant`` uses them to quantize
-activations.
+``--data FILE.npz`` gives passes calibration or training arrays (input name -> array, samples
+along axis 0; a single array, e.g. ``x``, is accepted for a one-input model): ``quant`` uses
+them to quantize activations. An array ``y`` (that is not a model input) holds the samples'
+class labels, which ``finetune`` trains on; ``--val VAL.npz`` (same layout, with ``y``) is
+validation data for the passes that measure accuracy.
 
 Without ``-o`` the result goes to ``MODEL.opt.onnx`` beside the input; the input itself is
 never overwritten. With ``--target=eie|dpu[(options)]`` the optimized graph is lowered to
@@ -35,7 +37,7 @@ import sys
 from typing import Optional, Sequence
 
 from circ.cli.common import ArgumentParser, check_writable, require_file, run_tool, warning
-from circ.errors import ModelError, PipelineError
+from circ.errors import DataError, ModelError, PipelineError
 
 PROG = "circ-opt"
 
@@ -69,7 +71,10 @@ def build_parser() -> ArgumentParser:
                         help="import passes from a Python file (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed for passes and sample inputs")
     parser.add_argument("--data", metavar="FILE.npz",
-                        help="calibration data for passes (input name -> array), e.g. for quant")
+                        help="calibration or training data for passes (input name -> array, "
+                             "or x; labels as y), e.g. for quant and finetune")
+    parser.add_argument("--val", metavar="VAL.npz",
+                        help="validation data with labels (arrays x or input names, and y)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print no summary and no progress")
     return parser
 
@@ -161,13 +166,19 @@ def _body(argv: Sequence[str]) -> int:
     if args.report_html:
         check_writable(args.report_html, protect=[model, output, args.report])
     data = read_data(args.data) if args.data else None
+    val = read_data(args.val) if args.val else None
 
     import circ
     from circ.fileio import atomic_write
 
     graph = circ.load(model)
+    inputs = [v.name for v in graph.inputs]
     if data is not None:
-        manager.data = match_data(args.data, data, [v.name for v in graph.inputs])
+        manager.data, manager.labels = split_labels(args.data, data, inputs)
+    if val is not None:
+        manager.val = split_labels(args.val, val, inputs)
+        if manager.val[1] is None:
+            raise DataError(f"{args.val}: validation data needs a y array (class labels)")
     before = graph.copy() if args.report or args.report_html else None
     result = manager.run(graph)
     report = dict(result.report, input=model, output=output)
@@ -225,6 +236,17 @@ def match_data(path: str, arrays: dict, inputs: list) -> dict:
                    else f"has array {unknown[0]!r}, which is not an input")
         raise DataError(f"{path}: {problem}; the model's inputs are {', '.join(inputs)}")
     return {n: arrays[n] for n in inputs}
+
+
+def split_labels(path: str, arrays: dict, inputs: list) -> tuple:
+    """``(arrays keyed by input name, labels or None)``: the array ``y`` is the labels unless
+    the model has an input called ``y``."""
+    arrays = dict(arrays)
+    labels = arrays.pop("y") if "y" in arrays and "y" not in inputs else None
+    if not arrays:
+        raise DataError(f"{path}: has labels y but no input arrays; the model's inputs are "
+                        f"{', '.join(inputs)}")
+    return match_data(path, arrays, inputs), labels
 
 
 def _emit(text: str) -> None:
