@@ -24,6 +24,7 @@ from circ.tensors import Clustered, Dense, Quantized, Tensor
 from circ.weights import parse_layer_values
 
 DEFAULT_RATIO = 0.5
+DEFAULT_ROUND_TO = 8  # with target_macs: onnxruntime's NCHWc block (see rule 3)
 CRITERIA = ("l1", "l2", "bn")
 
 
@@ -67,7 +68,15 @@ class ChannelPrune(Pass):
        whose layer names match (first match wins; 0 leaves a group alone); overridden groups
        stay out of the global order. Every layer keeps at least ``min_channels`` outputs and
        every group/split piece at least one channel.
-    3. Rewrite: constants sliced (pruning masks, cluster indices and per-channel quantization
+    3. Rounding (``round_to=q``, default 8 with ``target_macs``, else 1): each group keeps a
+       multiple of ``q`` channel classes (frozen ones included), so its layers keep a multiple
+       of ``q`` channels (``q`` per group of a grouped conv). onnxruntime's blocked (NCHWc)
+       convolutions work on blocks of 8 channels (AVX2; 16 with AVX-512) and run a layer with
+       any other count on a slower path. A group's removal count goes to the nearest count
+       allowed by the keep-at-least constraints; a group that cannot keep a multiple (too few
+       channels) is left whole. With ``target_macs`` the rounding sits inside the search, so
+       the target is still met.
+    4. Rewrite: constants sliced (pruning masks, cluster indices and per-channel quantization
        parameters sliced with them), depthwise ``group``, ``Reshape`` targets, ``Split``
        sizes and ``Slice`` bounds recomputed, shapes inferred again.
 
@@ -91,6 +100,9 @@ class ChannelPrune(Pass):
     target_macs: float | None = attrs.field(
         default=None, validator=_fraction("target_macs"),
         metadata={"help": "prune until MACs fall to this fraction of the original (global order)"})
+    round_to: int | None = attrs.field(
+        default=None, metadata={"help": "keep a multiple of this many channels per group (default 8 "
+                                        "with target_macs, else 1)"})
 
     def __attrs_post_init__(self):
         if self.criterion not in CRITERIA:
@@ -99,6 +111,8 @@ class ChannelPrune(Pass):
         if self.min_channels < 1:
             raise PipelineError(f"option 'min_channels' of pass 'channel_prune' must be >= 1, "
                                 f"got {self.min_channels}")
+        if self.round_to is not None and self.round_to < 1:
+            raise PipelineError(f"option 'round_to' of pass 'channel_prune' must be >= 1, got {self.round_to}")
         if self.ratio is not None and self.target_macs is not None:
             raise PipelineError("pass 'channel_prune': give ratio or target_macs, not both")
         self._overrides = parse_layer_values(self.layers, "layers", self.name, _ratio_value)
@@ -111,7 +125,7 @@ class ChannelPrune(Pass):
             ctx.decline(None, "no removable channels")
             return PassResult(False)
         plan, removed = self.choose(graph, ctx)
-        details = {"criterion": self.criterion, "macs_before": before.macs, "params_before": before.params}
+        details = {"criterion": self.criterion, "round_to": self.quantum, "macs_before": before.macs, "params_before": before.params}
         if not removed.any():
             details.update(macs_after=before.macs, params_after=before.params, channels_removed=0)
             return PassResult(False, details=details)
@@ -130,6 +144,13 @@ class ChannelPrune(Pass):
             layers=layer_channels)
         return PassResult(True, details=details)
 
+    @property
+    def quantum(self) -> int:
+        """The effective ``round_to``."""
+        if self.round_to is not None:
+            return self.round_to
+        return DEFAULT_ROUND_TO if self.target_macs is not None else 1
+
     # ---- selection --------------------------------------------------------------------------
     def choose(self, graph: Graph, ctx: PassContext) -> tuple[Plan, np.ndarray]:
         """The classes this pass would remove (boolean by class root), without editing."""
@@ -146,15 +167,15 @@ class ChannelPrune(Pass):
 
     def _select(self, plan: Plan, scores: np.ndarray, ctx: PassContext) -> np.ndarray:
         flow = plan.flow
-        matched = set()
+        quantum = self.quantum
         free_groups = []
         for group in flow.groups:
             override = self._group_ratio(group)
             if override is None:
                 free_groups.append(group)
-                continue
-            matched.add(id(group))
-            plan.accept(_ranked(group.classes, scores), _count(override, len(group.classes)))
+            else:
+                _accept_rounded(plan, group, _ranked(group.classes, scores),
+                                _count(override, len(group.classes)), quantum)
         for pattern, _ in self._overrides:
             if not any(fnmatch.fnmatchcase(node.name, pattern) for g in flow.groups for node in g.producers):
                 ctx.decline(None, f"layers pattern {pattern!r} matches no layer")
@@ -162,37 +183,35 @@ class ChannelPrune(Pass):
         if self.target_macs is None and not self.global_:
             ratio = DEFAULT_RATIO if self.ratio is None else self.ratio
             for group in free_groups:
-                plan.accept(_ranked(group.classes, scores), _count(ratio, len(group.classes)))
+                _accept_rounded(plan, group, _ranked(group.classes, scores),
+                                _count(ratio, len(group.classes)), quantum)
             return plan.removed
 
-        order = _global_order(free_groups, scores)
-        if self.target_macs is None:
-            total = sum(len(g.classes) for g in free_groups)
-            plan.accept(order, _count(self.ratio, total))
-            return plan.removed
-        # target_macs: the feasible removal sequence in global order, then the shortest prefix
-        # reaching the target (MACs only fall as channels go, so bisection finds it).
         fixed = plan.removed.copy()
-        sequence = plan.accept(order, len(order))
+        prefixes = _RoundedPrefixes(free_groups, plan.accept(_global_order(free_groups, scores), len(scores)),
+                                    quantum)
+        if self.target_macs is None:
+            # the shortest prefix whose rounded removal takes the requested count (rounding
+            # moves counts both ways, so the prefix length alone would not say it)
+            ratio = DEFAULT_RATIO if self.ratio is None else self.ratio
+            wanted = int(np.count_nonzero(fixed)) + _count(ratio, sum(len(g.classes) for g in free_groups))
+
+            def enough_removed(length: int) -> bool:
+                return np.count_nonzero(prefixes.removal(fixed, length)) >= wanted
+
+            return prefixes.removal(fixed, _shortest_prefix(prefixes.length, enough_removed))
+        # target_macs: the shortest prefix whose rounded removal reaches the target
         goal = self.target_macs * plan.total_macs
-        low, high = 0, len(sequence)
-        while low < high:
-            middle = (low + high) // 2
-            trial = fixed.copy()
-            trial[sequence[:middle]] = True
-            if plan.macs(trial) <= goal:
-                high = middle
-            else:
-                low = middle + 1
-        if low == len(sequence) and sequence:
-            trial = fixed.copy()
-            trial[sequence] = True
-            if plan.macs(trial) > goal:
-                ctx.decline(None, f"target_macs={self.target_macs} not reached: at most "
-                                  f"{plan.macs(trial) / plan.total_macs:.3f} of the MACs with every "
-                                  f"removable channel gone")
-        result = fixed
-        result[sequence[:low]] = True
+
+        def target_reached(length: int) -> bool:
+            return plan.macs(prefixes.removal(fixed, length)) <= goal
+
+        result = prefixes.removal(fixed, _shortest_prefix(prefixes.length, target_reached))
+        if plan.macs(result) > goal and prefixes.length:
+            ctx.decline(None, f"target_macs={self.target_macs} not reached: at most "
+                              f"{plan.macs(result) / plan.total_macs:.3f} of the MACs with every "
+                              f"removable channel gone" + (f" (kept counts rounded to {quantum})"
+                                                           if quantum > 1 else ""))
         return result
 
     def _report_frozen(self, flow: ChannelFlow, ctx: PassContext) -> None:
@@ -209,6 +228,80 @@ class ChannelPrune(Pass):
 
 def _count(ratio: float, total: int) -> int:
     return int(np.floor(ratio * total + 0.5))
+
+
+class _Rounding:
+    """The removal counts of one group that leave a positive multiple of ``quantum`` classes
+    kept (frozen classes count as kept); removing nothing is always allowed."""
+
+    def __init__(self, group: ChannelGroup, quantum: int):
+        self.total = len(group.classes) + group.frozen
+        self.quantum = quantum
+
+    def down(self, count: int) -> int:
+        """The largest allowed count <= ``count``."""
+        kept = -(-(self.total - count) // self.quantum) * self.quantum
+        kept = max(kept, self.quantum)
+        return self.total - kept if kept <= self.total else 0
+
+    def up(self, count: int) -> int | None:
+        """The smallest allowed count >= ``count`` (None: there is none)."""
+        kept = (self.total - count) // self.quantum * self.quantum
+        return self.total - kept if kept >= self.quantum else None
+
+    def nearest(self, count: int, limit: int) -> int:
+        """The allowed count nearest ``count`` among 0..``limit``. Ties go up, so the result
+        never falls as ``count`` grows."""
+        count = min(count, limit)
+        below, above = self.down(count), self.up(count)
+        if above is not None and above <= limit and above - count <= count - below:
+            return above
+        return below
+
+
+def _accept_rounded(plan: Plan, group: ChannelGroup, ranked: list, count: int, quantum: int) -> None:
+    """Remove about ``count`` of ``group``'s classes in ``ranked`` order, rounded (rule 3):
+    to the nearest allowed count, then down to an allowed one if the constraints stop earlier."""
+    rounding = _Rounding(group, quantum)
+    taken = plan.accept(ranked, rounding.nearest(count, len(ranked)))
+    plan.release(taken[rounding.down(len(taken)):])
+
+
+def _shortest_prefix(length: int, reached) -> int:
+    """The smallest ``n`` in 0..``length`` with ``reached(n)`` (``length`` if none). Bisection:
+    ``reached`` holds from some ``n`` on, as removals only grow with the prefix (MACs fall)."""
+    low, high = 0, length
+    while low < high:
+        middle = (low + high) // 2
+        if reached(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+class _RoundedPrefixes:
+    """Removals made from a prefix of ``sequence`` (the feasible removals in global order) with
+    each group's count rounded (rule 3): a group whose classes are ``k`` of the prefix removes
+    its first ``nearest(k)`` classes in ``sequence``. Any part of a feasible sequence is
+    feasible, and a longer prefix never removes less."""
+
+    def __init__(self, groups: list, sequence: list, quantum: int):
+        owner = {cls: index for index, group in enumerate(groups) for cls in group.classes}
+        self.length = len(sequence)
+        self.owner = np.array([owner[cls] for cls in sequence], dtype=np.int64)
+        self.members: list[list] = [[] for _ in groups]
+        for cls in sequence:
+            self.members[owner[cls]].append(cls)
+        self.roundings = [_Rounding(group, quantum) for group in groups]
+
+    def removal(self, fixed: np.ndarray, prefix: int) -> np.ndarray:
+        counts = np.bincount(self.owner[:prefix], minlength=len(self.members)).tolist()
+        result = fixed.copy()
+        for members, rounding, count in zip(self.members, self.roundings, counts):
+            if members:
+                result[members[:rounding.nearest(count, len(members))]] = True
+        return result
 
 
 def _ranked(classes: list, scores: np.ndarray) -> list:
@@ -315,6 +408,13 @@ class Plan:
             self.removed[cls] = True
             taken.append(cls)
         return taken
+
+    def release(self, classes: list) -> None:
+        """Undo the removal of ``classes`` (taken by :meth:`accept`)."""
+        for cls in classes:
+            for s, n in self.members.get(cls, ()):
+                self.remaining[s] += n
+            self.removed[cls] = False
 
     def macs(self, removed: np.ndarray) -> int:
         total = float(self._fixed_macs)

@@ -19,8 +19,11 @@ from circ.analysis.stats import graph_stats
 from circ.errors import PipelineError
 from circ.passbase import PassContext
 from circ.passmanager import PassManager
+from circ.analysis.channels import ChannelGroup
 from circ.tensors import Clustered, Dense, Quantized
-from passes.channel_prune import ChannelPrune, take
+from hypothesis import given
+from hypothesis import strategies as st
+from passes.channel_prune import ChannelPrune, _Rounding, take
 
 RTOL = 1e-4
 ATOL_SCALE = 1e-5  # of the output's magnitude: float32 sums in a different order
@@ -143,9 +146,10 @@ def exactness_case(model_zoo, name, tmp_path, text="channel_prune(ratio=0.5)", *
     assert zero_channels(graph, removed) > 0
     pruned, details, _ = prune(graph, text)
     _, again = pass_.choose(graph, PassContext())
-    if "target_macs" in text:
+    if "target_macs" in text or ("global" in text and "round_to" in text):
         # zeros rank first, so the pass removes zeroed channels only (perhaps fewer of them:
-        # a different order among equal scores can reach the MAC target sooner)
+        # a different order among equal scores can reach the MAC target or, with rounding, the
+        # channel count sooner)
         assert again.any() and not (again & ~removed).any()
     else:
         np.testing.assert_array_equal(again, removed)  # zeroed channels are still the ones chosen
@@ -160,7 +164,8 @@ def test_exact_on_zero_channels_torch_models(name, model_zoo, tmp_path):
 
 @pytest.mark.parametrize("name", ["resnet8", "mobilenet_v2", "densenet_small"])
 @pytest.mark.parametrize("options", ["global=true,ratio=0.6", "target_macs=0.4", "criterion=l2,ratio=0.3",
-                                     "criterion=bn,ratio=0.5,min_channels=4"])
+                                     "criterion=bn,ratio=0.5,min_channels=4", "target_macs=0.6,round_to=1",
+                                     "ratio=0.3,round_to=8", "global=true,ratio=0.4,round_to=4"])
 def test_exact_with_other_selections(name, options, model_zoo, tmp_path):
     exactness_case(model_zoo, name, tmp_path, f"channel_prune({options})")
 
@@ -196,6 +201,87 @@ def test_target_macs_reaches_the_fraction(model_zoo):
     _, details, _ = prune(graph, "channel_prune(target_macs=0.5)")
     assert details["macs_after"] <= 0.5 * details["macs_before"]
     assert details["macs_after"] > 0.4 * details["macs_before"]  # the shortest prefix, not more
+
+
+def kept_counts(graph) -> dict:
+    """Output channels of every Conv/Gemm/MatMul with a constant weight, by node name."""
+    counts = {}
+    for node in graph.nodes:
+        weight = node.input(1)
+        if node.op in ("Conv", "Gemm", "MatMul") and weight is not None and weight.const is not None:
+            axis = 1 if node.op == "MatMul" or (node.op == "Gemm" and not node.attrs.get("transB", 0)) else 0
+            counts[node.name] = weight.shape[axis]
+    return counts
+
+
+@pytest.mark.parametrize("name, target", [("resnet8", 0.5), ("mobilenet_v2", 0.6), ("vgg_small", 0.3),
+                                          ("densenet_small", 0.7)])
+def test_target_macs_rounds_kept_channels_to_eight(name, target, model_zoo):
+    graph = load(model_zoo, name)
+    pruned, details, _ = prune(graph, f"channel_prune(target_macs={target})")
+    assert details["round_to"] == 8
+    assert details["macs_after"] <= target * details["macs_before"]
+    assert details["macs_after"] > (target - 0.15) * details["macs_before"]
+    assert details["layers"]
+    before = kept_counts(graph)
+    for layer, (total, kept) in details["layers"].items():
+        if total % 8 == 0:  # every zoo layer but densenet's concatenations and classifiers
+            assert kept % 8 == 0, (layer, total, kept)
+    # every layer the pass shrank keeps a multiple of 8 (a depthwise conv follows its input)
+    for layer, count in kept_counts(pruned).items():
+        if count != before[layer] and before[layer] % 8 == 0:
+            assert count % 8 == 0, (layer, count)
+
+
+def test_round_to_one_keeps_the_unrounded_selection(model_zoo):
+    graph = load(model_zoo, "resnet8")
+    _, rounded, _ = prune(graph, "channel_prune(target_macs=0.5)")
+    _, plain, _ = prune(graph, "channel_prune(target_macs=0.5,round_to=1)")
+    assert plain["round_to"] == 1
+    assert plain["macs_after"] <= 0.5 * plain["macs_before"]
+    assert any(kept % 8 for _, kept in plain["layers"].values())  # else the test shows nothing
+    assert not any(kept % 8 for _, kept in rounded["layers"].values())
+    # the ratio modes round only when asked
+    _, ratio, _ = prune(graph, "channel_prune(ratio=0.3)")
+    assert ratio["round_to"] == 1 and any(kept % 8 for _, kept in ratio["layers"].values())
+
+
+def test_rounding_respects_min_channels_and_overrides(model_zoo):
+    graph = load(model_zoo, "vgg_small")
+    _, details, _ = prune(graph, "channel_prune(ratio=0.5,min_channels=12,round_to=8,layers=/0/Conv:0;/5/Conv:0.75)")
+    layers = details["layers"]
+    assert "/0/Conv" not in layers
+    assert "/2/Conv" not in layers  # 8 asked; min_channels keeps 12, which rounds to 16: untouched
+    assert layers["/5/Conv"] == [32, 16]  # 24 asked, 20 allowed, 16 removed to keep a multiple
+    assert layers["/7/Conv"] == [32, 16]
+
+
+def test_rounding_in_a_group_with_frozen_channels():
+    group = ChannelGroup([], classes=list(range(20)), frozen=3)  # 23 channels, 3 must stay
+    rounding = _Rounding(group, 8)
+    assert rounding.nearest(6, 20) == 7  # keeps 16
+    assert rounding.nearest(12, 20) == 15  # keeps 8 (tie between 7 and 15 goes up)
+    assert rounding.nearest(12, 14) == 7  # 15 is past the limit
+    assert rounding.nearest(2, 20) == 0
+    assert _Rounding(ChannelGroup([], list(range(6))), 8).nearest(4, 5) == 0  # cannot keep a multiple
+
+
+@given(total=st.integers(1, 80), frozen=st.integers(0, 10), quantum=st.integers(1, 16),
+       data=st.data())
+def test_rounding_is_monotone_and_allowed(total, frozen, quantum, data):
+    classes = data.draw(st.integers(0, total))
+    limit = data.draw(st.integers(0, classes))
+    rounding = _Rounding(ChannelGroup([], list(range(classes)), frozen), quantum)
+    results = [rounding.nearest(count, limit) for count in range(classes + 1)]
+    assert results == sorted(results)
+    for count, result in enumerate(results):
+        kept = classes + frozen - result
+        assert 0 <= result <= limit
+        assert result == 0 or (kept > 0 and kept % quantum == 0)
+        down = rounding.down(count)
+        assert down <= count and (down == 0 or (classes + frozen - down) % quantum == 0)
+        if quantum == 1 and count < classes + frozen:
+            assert result == min(count, limit) and down == count
 
 
 def test_target_macs_out_of_reach_is_reported(model_zoo):
@@ -251,6 +337,7 @@ def test_frozen_groups_are_declined_with_reasons(model_zoo):
     ("channel_prune(ratio=1.5)", "ratio"),
     ("channel_prune(ratio=0.5,target_macs=0.5)", "not both"),
     ("channel_prune(min_channels=0)", "min_channels"),
+    ("channel_prune(round_to=0)", "round_to"),
     ("channel_prune(layers=conv)", "layers"),
 ])
 def test_bad_options(text, message):

@@ -121,6 +121,23 @@ def test_grouped_conv_keeps_equal_groups(tmp_path):
     assert details["layers"] == {"a": [8, 4], "grouped": [8, 4]}
 
 
+def test_rounding_counts_grouped_conv_channels_per_group(tmp_path):
+    graph, x = new_graph()
+    y = relu(graph, conv(graph, x, 3, 32, name="a"))
+    g = relu(graph, conv(graph, y, 32, 32, group=2, name="grouped"))
+    d = relu(graph, conv(graph, g, 32, 32, group=32, name="dw"))
+    graph.outputs.append(conv(graph, d, 32, 2, kernel=1, name="out"))
+    # Both sides of the grouped conv are 16 classes of 2 channels (one per group). 30% of 16
+    # is 5, rounded to 8: 8 classes stay, 8 channels in each group.
+    pruned, details = prune_exactly(graph, tmp_path, "channel_prune(ratio=0.3,round_to=8)")
+    assert details["layers"] == {"a": [32, 16], "grouped": [32, 16]}
+    assert pruned.node("grouped").input(1).shape == (16, 8, 3, 3)
+    assert pruned.node("dw").attrs["group"] == 16 and pruned.node("dw").input(1).shape[0] == 16
+    # without rounding the same ratio keeps 11 per group
+    _, plain = prune_exactly(graph, tmp_path, "channel_prune(ratio=0.3)")
+    assert plain["layers"] == {"a": [32, 22], "grouped": [32, 22]}
+
+
 def test_residual_add_unites_branches_and_graph_output_freezes(tmp_path):
     graph, x = new_graph()
     stem = relu(graph, conv(graph, x, 3, 6, name="stem"))
