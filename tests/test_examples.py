@@ -57,7 +57,9 @@ def test_channel_prune_resnet(tmp_path):
 
 
 def test_lower_to_eie(tmp_path):
-    if not (ROOT / "examples" / "lower_to_eie.py").exists():
-        pytest.skip("examples/lower_to_eie.py waits for backends/eie/target.py")
-    out = _run("lower_to_eie.py", "--out", tmp_path, "--hidden", 64)
-    assert "cycles" in out and (tmp_path / "mlp.eie").exists()
+    out = _run("lower_to_eie.py", "--out", tmp_path, "--hidden", 64, "--pes", 8, "--batch", 2)
+    assert re.search(r"EIE program: 3 layers, [\d,]+ non-zero weights of 54,912", out)
+    assert (tmp_path / "mlp.eie").stat().st_size > 0
+    assert (tmp_path / "mlp.eie.s").read_text().count("fc") >= 3
+    totals = re.search(r"^total\s+(\d+)\s+(\d+)\s+([\d.]+)", out, re.M)
+    assert totals and int(totals.group(2)) > 0 and 0 < float(totals.group(3)) <= 1
