@@ -273,11 +273,26 @@ def summary(report: dict) -> str:
         lines.append("(MACs cover only the nodes whose shapes are known)")
     if "numerics" in report:
         lines.append(numerics_table(report))
+    lines += pass_tables(report)
     declines = report["declines"]
     if declines:
         lines.append(f"declined ({len(declines)}):")
         lines += [f"  {d['pass']}: {d['node']}: {d['reason']}" for d in declines]
     return "\n".join(lines)
+
+
+def pass_tables(report: dict) -> list:
+    """The tables passes recorded for display (``details["table"]``: title, headers, rows),
+    e.g. sensitivity's accuracy per layer and sparsity, aligned."""
+    from circ.printer import format_table
+
+    tables = []
+    for entry in report["passes"]:
+        table = entry.get("details", {}).get("table")
+        if isinstance(table, dict) and table.get("rows"):
+            tables.append(f"{table.get('title') or entry['text']}:\n"
+                          + format_table(table["headers"], table["rows"]))
+    return tables
 
 
 def size_table(container: dict) -> str:
