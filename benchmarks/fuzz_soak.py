@@ -6,8 +6,8 @@
     python benchmarks/fuzz_soak.py --seconds 600 --seed 3 --save-dir /tmp/finds
 
 Damaged inputs come from the same mutators as ``tests/test_fuzz.py`` (byte mutations of
-ONNX, .circ and .npz seeds; container sections damaged and re-sealed with valid checksums;
-structural ONNX edits followed by byte damage). Each input runs through the CLI tools in a
+ONNX, .circ, .npz, .eie and .dpu seeds; container sections and program payloads damaged and
+re-sealed with valid lengths and checksums; structural ONNX edits followed by byte damage). Each input runs through the CLI tools in a
 worker process with an address-space limit (so a memory bomb fails there instead of taking
 the machine) and a per-input timeout (a worker that does not answer in time is killed and
 the input counted as a hang). A run is *rejected* when every command exits 2 with one clean
@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import test_fuzz as fuzz  # noqa: E402  (the shared mutators and checks)
 
 FAMILIES = ("onnx-bytes", "circ-bytes", "qcirc-bytes", "npz-bytes", "circ-reseal", "qcirc-reseal",
-            "onnx-edit")
+            "onnx-edit", "eie-bytes", "eie-reseal", "dpu-bytes", "dpu-reseal")
 
 
 def make_input(rng: np.random.Generator, family: str, seed_bytes: dict) -> tuple[str, bytes]:
@@ -45,6 +45,8 @@ def make_input(rng: np.random.Generator, family: str, seed_bytes: dict) -> tuple
     kind, how = family.split("-")
     if how == "bytes":
         return kind, fuzz.mutate_bytes(seed_bytes[kind], fuzz.random_byte_ops(rng))
+    if how == "reseal" and kind in fuzz.PROGRAM_KINDS:
+        return kind, fuzz.mutate_program(seed_bytes[kind], fuzz.random_byte_ops(rng))
     if how == "reseal":
         section = int(rng.integers(0, 16))
         return kind, fuzz.mutate_circ_section(seed_bytes[kind], section, fuzz.random_byte_ops(rng))
@@ -61,7 +63,7 @@ def worker(connection, seed_dir: str, memory_limit: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     seeds = {key: Path(seed_dir) / name for key, name in
              [("onnx", "model.onnx"), ("circ", "clustered.circ"), ("qcirc", "quantized.circ"),
-              ("npz", "input.npz")]}
+              ("npz", "input.npz"), ("eie", "program.eie"), ("dpu", "program.dpu")]}
     with tempfile.TemporaryDirectory(prefix="circ_soak_") as folder:
         while True:
             try:

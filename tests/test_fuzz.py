@@ -1,10 +1,11 @@
 """Fuzzing the command-line tools with damaged inputs.
 
-Valid seed files (a small ONNX model, two ``.circ`` containers, an ``.npz`` of inputs) are
-damaged by byte mutations (bit flips, truncations, insertions, overwrites), by mutations of
-one container section re-sealed with correct lengths and checksums (so the damage gets past
-the CRCs to the decoders behind them), and by structural edits of the ONNX protobuf (cycles,
-undefined inputs, unknown types, absurd opsets, raw data that does not match its shape).
+Valid seed files (a small ONNX model, two ``.circ`` containers, an ``.npz`` of inputs, an EIE
+and a DPU program) are damaged by byte mutations (bit flips, truncations, insertions,
+overwrites), by mutations of one container section or of a program's payload re-sealed with
+correct lengths and checksums (so the damage gets past the CRCs to the decoders and
+simulators behind them), and by structural edits of the ONNX protobuf (cycles, undefined
+inputs, unknown types, absurd opsets, raw data that does not match its shape).
 Each damaged file goes through ``circ-opt`` and ``circ-run`` in-process, and every run must:
 
 * exit 0 or 2, and on 2 print exactly one line on stderr, never a traceback;
@@ -68,14 +69,35 @@ def seed_model() -> onnx.ModelProto:
     return model
 
 
+def seed_eie_model() -> onnx.ModelProto:
+    """What the EIE backend runs, on the same input as :func:`seed_model`: conv + relu, max
+    pool, flatten, Gemm (every EIE instruction kind once)."""
+    rng = np.random.default_rng(4)
+    initializers = [numpy_helper.from_array(a.astype(np.float32), name) for name, a in [
+        ("w1", 0.5 * rng.standard_normal((3, 2, 3, 3))), ("b1", rng.standard_normal(3)),
+        ("fc", rng.standard_normal((3, 12))), ("fc_b", rng.standard_normal(3))]]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 4, name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+        helper.make_node("Flatten", ["p1"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc", "fc_b"], ["y"], transB=1, name="fc")]
+    graph = helper.make_graph(
+        nodes, "fuzz_eie", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
 def write_seeds(folder: Path) -> dict[str, Path]:
     """The valid seed files in ``folder``: model.onnx, clustered.circ (prune, cluster,
-    huffman: coded tensors), quantized.circ and input.npz."""
+    huffman: coded tensors), quantized.circ, input.npz, and the programs program.eie (of
+    :func:`seed_eie_model`) and program.dpu (of the seed model, calibrated on input.npz)."""
     from circ.cli import opt
 
     folder.mkdir(parents=True, exist_ok=True)
     seeds = {"onnx": folder / "model.onnx", "circ": folder / "clustered.circ",
-             "qcirc": folder / "quantized.circ", "npz": folder / "input.npz"}
+             "qcirc": folder / "quantized.circ", "npz": folder / "input.npz",
+             "eie": folder / "program.eie", "dpu": folder / "program.dpu"}
     onnx.save(seed_model(), str(seeds["onnx"]))
     np.savez(seeds["npz"], x=np.random.default_rng(0).standard_normal((2, 2, 4, 4)).astype(np.float32))
     for key, pipeline in [("circ", "prune(sparsity=0.5),cluster(bits=3),huffman"),
@@ -83,6 +105,15 @@ def write_seeds(folder: Path) -> dict[str, Path]:
         with contextlib.redirect_stdout(io.StringIO()):
             code = opt.main([f"--passes={pipeline}", str(seeds["onnx"]), "-o", str(seeds[key]), "-q"])
         assert code == 0
+    eie_model = folder / "eie_model.onnx"
+    onnx.save(seed_eie_model(), str(eie_model))
+    for key, model, extra in [("eie", eie_model, ["--target=eie(pes=2,v_bits=2)"]),
+                              ("dpu", seeds["onnx"], ["--target=dpu", "--data", str(seeds["npz"])])]:
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = opt.main(["--passes=prune(sparsity=0.3),cluster(bits=2)" if key == "eie" else
+                             "--passes=", *extra, str(model), "-o", str(seeds[key]), "-q"])
+        assert code == 0
+    eie_model.unlink()
     return seeds
 
 
@@ -137,6 +168,19 @@ def mutate_circ_section(data: bytes, section: int, ops) -> bytes:
     kind, name, payload = sections[index]
     sections[index] = (kind, name, mutate_bytes(payload, ops))
     return seal_circ(sections)
+
+
+PROGRAM_KINDS = ("eie", "dpu")
+
+
+def mutate_program(data: bytes, ops) -> bytes:
+    """Damage the payload of an .eie/.dpu program (same framing: 8-byte magic, u16 version,
+    u16 reserved, u64 payload length, payload, CRC-32) and re-seal length and checksum."""
+    header = struct.Struct("<8sHHQ")
+    magic, version, reserved, _ = header.unpack_from(data)
+    payload = mutate_bytes(data[header.size:-4], ops)
+    body = header.pack(magic, version, reserved, len(payload)) + payload
+    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def _set_dim(model, value):
@@ -223,7 +267,12 @@ def commands(kind: str, damaged: Path, seeds: dict, out_dir: Path) -> list[tuple
     if kind == "npz":
         return [("run", [str(seeds["onnx"]), "--input", str(damaged), "-o", str(out_npz)], out_npz),
                 ("opt", ["--passes=quant", "--data", str(damaged), str(seeds["onnx"]), "-o",
-                         str(out_onnx), "-q"], out_onnx)]
+                         str(out_onnx), "-q"], out_onnx),
+                ("run", [str(seeds["eie"]), "--input", str(damaged), "-o", str(out_npz), "--stats"],
+                 out_npz)]
+    if kind in PROGRAM_KINDS:
+        return [("run", [str(damaged), "--input", str(seeds["npz"]), "-o", str(out_npz), "--stats",
+                         "--asm"], out_npz)]
     raise ValueError(kind)
 
 
@@ -286,14 +335,15 @@ def check_run(tool: str, argv: list[str], output: Path,
 def check_input(kind: str, data: bytes, seeds: dict, folder: Path) -> tuple[list[str], list[int]]:
     """Write ``data`` as a damaged file of ``kind`` into ``folder``, run every command on it;
     (problems, exit codes)."""
-    extension = {"onnx": ".onnx", "circ": ".circ", "qcirc": ".circ", "npz": ".npz"}[kind]
+    extension = {"onnx": ".onnx", "circ": ".circ", "qcirc": ".circ", "npz": ".npz", "eie": ".eie",
+                 "dpu": ".dpu"}[kind]
     damaged = folder / f"damaged{extension}"
     damaged.write_bytes(data)
     out_dir = folder / "out"
     out_dir.mkdir(exist_ok=True)
     problems, codes = [], []
     for tool, argv, output in commands(kind, damaged, seeds, out_dir):
-        protected = [damaged] + [seeds[k] for k in ("onnx", "npz")]
+        protected = [damaged] + [seeds[k] for k in ("onnx", "npz", "eie")]
         code, found = check_run(tool, argv, output, protected)
         problems += found
         codes.append(code)
@@ -325,9 +375,10 @@ def _check(kind: str, data: bytes, seeds: dict) -> None:
 
 def test_seeds_run_cleanly(seeds):
     """The undamaged seeds pass every command with exit 0 (the checks can see success)."""
-    for kind in ("onnx", "circ", "qcirc", "npz"):
+    for kind in ("onnx", "circ", "qcirc", "npz", *PROGRAM_KINDS):
         with tempfile.TemporaryDirectory() as folder:
-            damaged = Path(folder) / ("seed" + {"npz": ".npz", "onnx": ".onnx"}.get(kind, ".circ"))
+            damaged = Path(folder) / ("seed" + {"npz": ".npz", "onnx": ".onnx", "eie": ".eie",
+                                                "dpu": ".dpu"}.get(kind, ".circ"))
             damaged.write_bytes(seeds["bytes"][kind])
             out_dir = Path(folder) / "out"
             out_dir.mkdir()
@@ -355,6 +406,44 @@ def test_resealed_container_mutations(seeds, kind, section, ops):
     _check(kind, mutate_circ_section(seeds["bytes"][kind], section, ops), seeds)
 
 
+@settings(max_examples=300, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(PROGRAM_KINDS), reseal=st.booleans(), ops=byte_ops)
+def test_program_mutations(seeds, kind, reseal, ops):
+    """Bad magic, version, checksum, truncation and bit flips of .eie/.dpu programs; re-sealed
+    payload damage reaches the EIE decoder and simulator. (Re-sealed DPU payloads still crash
+    the DPU simulator on tables that refer to missing tensors or impossible windows; they run
+    in benchmarks/fuzz_soak.py until backends/dpu checks its tables.)"""
+    data = seeds["bytes"][kind]
+    resealed = reseal and kind == "eie"
+    _check(kind, mutate_program(data, ops) if resealed else mutate_bytes(data, ops), seeds)
+
+
+@pytest.mark.parametrize("kind", PROGRAM_KINDS)
+@pytest.mark.parametrize("damage", ["magic", "version", "checksum", "truncated", "empty"])
+def test_program_header_damage_is_one_line(seeds, kind, damage, tmp_path):
+    data = bytearray(seeds["bytes"][kind])
+    if damage == "magic":
+        data[0] ^= 0x20
+    elif damage == "version":
+        data[8] += 1
+    elif damage == "checksum":
+        data[-1] ^= 1
+    elif damage == "truncated":
+        del data[len(data) // 2:]
+    else:
+        data = bytearray()
+    damaged = tmp_path / f"damaged.{kind}"
+    damaged.write_bytes(bytes(data))
+    code, stderr, tb = call_tool("run", [str(damaged), "--input", str(seeds["npz"]), "-o",
+                                         str(tmp_path / "out.npz")])
+    assert (code, tb) == (2, "")
+    expected = {"magic": "bad magic", "version": "version", "checksum": "checksum",
+                "truncated": "truncated", "empty": "truncated"}[damage]
+    assert stderr.count("\n") == 1 and f"damaged.{kind}" in stderr and expected in stderr, stderr
+    assert not (tmp_path / "out.npz").exists()
+
+
 @pytest.mark.parametrize("edit", sorted(ONNX_EDITS))
 def test_structural_onnx_edits(seeds, edit):
     _check("onnx", edit_onnx(seeds["bytes"]["onnx"], edit), seeds)
@@ -366,7 +455,8 @@ def corpus_cases() -> list[tuple[str, str]]:
     for line in (CORPUS / "README.md").read_text().splitlines():
         if line.startswith("- `"):
             name = line[3:line.index("`", 3)]
-            kind = {".onnx": "onnx", ".circ": "circ", ".npz": "npz"}[Path(name).suffix]
+            kind = {".onnx": "onnx", ".circ": "circ", ".npz": "npz", ".eie": "eie",
+                    ".dpu": "dpu"}[Path(name).suffix]
             cases.append((kind, name))
     return cases
 
