@@ -3,7 +3,8 @@ JSON reports minus timing fields) within a process and across processes whose
 ``PYTHONHASHSEED`` differs (set and dict order of strings must never leak into results).
 
 The pipelines are the ones that draw random numbers (k-means++ and random centroid seeding,
-calibration with --data, channel ranking with ties) and write both output formats.
+calibration with --data, channel ranking with ties) and write both output formats, and
+lowerings to the EIE and DPU backends (``--target``): program bytes must not vary either.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ PIPELINES = {
     "channel_prune": ("channel_prune(ratio=0.5),fold_bn", "onnx", False),
     "deep_compression": ("prune(sparsity=0.7),cluster(init=kmeans++,bits=4),huffman", "circ", False),
     "quant_circ": ("channel_prune(target_macs=0.6),quant(per_channel=true)", "circ", True),
+    "eie": ("fold_bn,prune(sparsity=0.7),cluster(init=kmeans++,bits=4)", "eie", False),
+    "dpu": ("fold_bn", "dpu", True),
 }
+TARGETS = ("eie", "dpu")
 TIMING_KEYS = {"seconds", "time", "timing", "elapsed"}
 
 
@@ -85,6 +89,8 @@ def argv_for(key: str, model: Path, data: Path, out_dir: Path, seed: int = 0) ->
             "--report", str(out_dir / f"{key}.json"), "--seed", str(seed), "-q", "--time-passes"]
     if with_data:
         argv += ["--data", str(data)]
+    if extension in TARGETS:
+        argv.append(f"--target={extension}")
     return argv
 
 
