@@ -395,22 +395,37 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 class _TrainingTape(Tape):
-    """A :class:`Tape` that reads constants from ``const_arrays`` (decoded once, then the
-    trainer's current weights) instead of decoding every constant on every batch."""
+    """A :class:`Tape` that runs only the nodes the loss reads (not a final Softmax, not other
+    outputs) and reads constants from ``const_arrays`` (decoded once, then the trainer's
+    current weights) instead of decoding every constant on every batch."""
 
-    def __init__(self, graph: Graph, *, training: bool):
+    def __init__(self, graph: Graph, target: Value, *, training: bool):
         super().__init__(graph, training=training)
+        self.target = target
         self.const_arrays = {id(v): v.const.to_numpy() for v in graph.consts.values()}
+        self.nodes = _ancestors(graph, target)
 
-    def run(self, feeds):
+    def run(self, feeds) -> np.ndarray:
+        """The target's array for ``feeds``; every value computed stays in ``self.values``."""
         env = self.check_feeds(feeds)
         self.values = env
         env.update(self.const_arrays)
-        for node in self.graph.nodes:
+        for node in self.nodes:
             args = [None if v is None else env[id(v)] for v in node.inputs]
             for value, array in zip(node.outputs, self.run_node(node, args)):
                 env[id(value)] = array
-        return {v.name: env[id(v)] for v in self.graph.outputs}
+        return env[id(self.target)]
+
+
+def _ancestors(graph: Graph, target: Value) -> list[Node]:
+    """The nodes ``target`` depends on, in graph order."""
+    needed = {id(target)}
+    nodes = []
+    for node in reversed(graph.nodes):
+        if any(id(v) in needed for v in node.outputs):
+            nodes.append(node)
+            needed.update(id(v) for v in node.inputs if v is not None)
+    return nodes[::-1]
 
 
 class _LogitsReader(Interpreter):
@@ -454,7 +469,7 @@ def fit(graph: Graph, x: Feeds, y: np.ndarray, config: TrainConfig = TrainConfig
     if not config.freeze_bn:
         untie_running_statistics(graph)
     batch_norms = [] if config.freeze_bn else _batch_norm_states(graph)
-    tape = _TrainingTape(graph, training=not config.freeze_bn)
+    tape = _TrainingTape(graph, logits, training=not config.freeze_bn)
     for param in params:
         tape.const_arrays[id(param.value)] = param.forward()
     optimizer = make_optimizer(config.optimizer, lr=config.lr, momentum=config.momentum,
@@ -473,8 +488,7 @@ def fit(graph: Graph, x: Feeds, y: np.ndarray, config: TrainConfig = TrainConfig
         begins = range(0, stop, size)
         for begin in track(begins, total=len(begins), desc=f"epoch {epoch}/{config.epochs}", unit="batch"):
             rows = order[begin:begin + size]
-            tape.run({name: array[rows] for name, array in feeds.items()})
-            out = tape.values[id(logits)]
+            out = tape.run({name: array[rows] for name, array in feeds.items()})
             loss, grad = distillation_loss(
                 out, labels[rows], None if teacher_logits is None else teacher_logits[rows],
                 alpha=config.distill, temperature=config.temperature)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from circ.autodiff import loss_and_gradients, softmax_cross_entropy
 from circ.errors import DataError, ModelError, PipelineError
 from circ.graph import Graph
 from circ.tensors import Clustered, Dense, Quantized
-from circ.train import (EpochRecord, TrainConfig, accuracy, distillation_loss, fit, predict,
-                        trainable_values)
+from circ.train import (ClusteredParameter, EpochRecord, QuantizedParameter, TrainConfig, accuracy,
+                        distillation_loss, fit, predict, trainable_values)
 from circ.verifier import verify
 
 
@@ -454,3 +457,45 @@ def test_nothing_to_train():
     graph.outputs.append(graph.add_node("Relu", [x]).output)
     with pytest.raises(ModelError, match="nothing to train"):
         fit(graph, np.zeros((4, 3), np.float32), np.zeros(4, np.int64), TrainConfig())
+
+
+# --------------------------------------------------------------------------- properties of the rules
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6).flatmap(lambda k: st.tuples(
+    st.just(k), arrays(np.int8, st.tuples(st.integers(1, 5), st.integers(1, 5)), elements=st.integers(-1, k - 1)))),
+    st.integers(0, 2**31 - 1))
+def test_clustered_gradient_groups_by_index(case, seed):
+    count, indices = case
+    rng = np.random.default_rng(seed)
+    codebook = rng.standard_normal(count).astype(np.float32)
+    tensor = Clustered(codebook, indices)
+    param = ClusteredParameter(Graph().add_const("w", tensor), tensor)
+    np.testing.assert_array_equal(param.forward(), tensor.to_numpy())
+    grad = rng.standard_normal(indices.shape).astype(np.float32)
+    expected = [grad[indices == k].astype(np.float64).sum() for k in range(count)]
+    np.testing.assert_allclose(param.gradient(grad), expected, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 8), st.booleans(), st.integers(0, 2**31 - 1))
+def test_quantized_step_lands_on_the_grid(bits, signed, seed):
+    rng = np.random.default_rng(seed)
+    top = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+    low = -top if signed else 0
+    q = rng.integers(low, top + 1, (4, 5)).astype(np.int8 if signed else np.uint8)
+    scale = rng.uniform(0.01, 1, 4).astype(np.float32)
+    zero = np.zeros(4, q.dtype) if signed else rng.integers(0, top + 1, 4).astype(np.uint8)
+    mask = rng.random((4, 5)) > 0.3
+    tensor = Quantized(q, scale, zero, 0, bits, np.float32, mask)
+    param = QuantizedParameter(Graph().add_const("w", tensor), tensor)
+    param.weights += rng.standard_normal(param.weights.shape).astype(np.float32) * 3  # any step
+    param.after_step()
+    trained = param.tensor()
+    assert trained.q.min() >= low and trained.q.max() <= top
+    assert np.array_equal(trained.q[~mask], q[~mask]) and np.all(trained.to_numpy()[~mask] == 0)
+    np.testing.assert_array_equal(param.forward(), trained.to_numpy())
+    # The shadow's nearest grid point (in range) is what the forward pass sees.
+    expected = np.clip(np.rint(param.weights / scale[:, None]) + zero[:, None].astype(np.float64), low, top)
+    assert np.array_equal(trained.q[mask], expected[mask])
