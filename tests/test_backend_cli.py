@@ -143,6 +143,18 @@ def test_dpu_program_runs_from_the_command_line(files, capsys, tmp_path):
     assert np.load(result)["h2"].shape == (7, 10)
 
 
+def test_widened_indices_are_a_warning_line(files, capsys, tmp_path):
+    program = tmp_path / "wide.eie"
+    code, _, err = call(opt.main, [f"--passes={PIPELINE}", "--target=eie(v_bits=3,widen=true)",
+                                   files["mlp"], "-o", program, "-q"], capsys)
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("circ-opt: warning: eie: Gemm node") for line in lines)
+    assert "widened from 3 to 4 bits" in lines[0]
+    code, out, _ = call(run.main, [program, "--asm"], capsys)
+    assert code == 0 and " v=4 " in out
+
+
 def one_line_error(main, argv, capsys, pattern):
     code, _, err = call(main, argv, capsys)
     assert code == 2, err

@@ -17,7 +17,7 @@ from backends.eie.sim import column_cycles_batch, run
 from circ.errors import BackendError
 
 
-def build_lenet(seed=0, pool2="AveragePool", pads=(2, 2, 2, 2)) -> circ.Graph:
+def build_lenet(seed=0, pool2="AveragePool", pads=(2, 2, 2, 2), flatten="Flatten") -> circ.Graph:
     """LeNet-5's shape on 1x16x16 inputs: conv 6 5x5 (padded) + relu, max pool, conv 16 3x3
     + bias Add + relu, a second pool, flatten, fc 32 + relu, fc 10."""
     rng = np.random.default_rng(seed)
@@ -37,7 +37,11 @@ def build_lenet(seed=0, pool2="AveragePool", pads=(2, 2, 2, 2)) -> circ.Graph:
     h = graph.add_node("Relu", [h], name="relu2").output
     h = graph.add_node(pool2, [h], {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1]}
                        if pool2 == "AveragePool" else {}, name="pool2").output
-    h = graph.add_node("Flatten", [h], {"axis": 1}, name="flatten").output
+    if flatten == "Flatten":
+        h = graph.add_node("Flatten", [h], {"axis": 1}, name="flatten").output
+    else:
+        shape = graph.add_const("shape", np.array([0, -1], np.int64))
+        h = graph.add_node("Reshape", [h, shape], name="flatten").output
     features = 16 * 4 * 4 if pool2 == "AveragePool" else 16
     h = graph.add_node("Gemm", [h, const("w3", (32, features), 0.1), const("b3", (32,))],
                        {"transB": 1}, name="fc1").output
@@ -96,6 +100,21 @@ def test_conv_output_as_graph_output_keeps_its_shape(images):
     expected = reference(graph, images)
     assert got[graph.outputs[0].name].shape == expected.shape == (3, 4, 8, 8)
     np.testing.assert_allclose(got[graph.outputs[0].name], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_reshape_to_rows_is_free_and_other_reshapes_are_refused(images):
+    graph = circ.optimize(build_lenet(seed=5, flatten="Reshape"), "prune(sparsity=0.5),cluster(bits=4)")
+    program = lower(graph, pes=8)
+    assert "Reshape" not in [type(ins).__name__ for ins in program.instructions]
+    got, _ = run(program, {"x": images})
+    np.testing.assert_allclose(got[graph.outputs[0].name], reference(graph, images), rtol=1e-4,
+                               atol=1e-5)
+    odd = circ.Graph()
+    x = odd.add_input("x", np.float32, ("N", 1, 4, 4))
+    odd.outputs.append(odd.add_node("Reshape", [x, odd.add_const("s", np.array([-1, 4], np.int64))],
+                                    name="rows4").output)
+    with pytest.raises(BackendError, match="Reshape node 'rows4': only a Flatten or Reshape"):
+        lower(circ.optimize(odd, ""))
 
 
 def test_conv_refusals_name_the_node(lenet):
