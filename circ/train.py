@@ -349,8 +349,19 @@ def untie_running_statistics(graph: Graph) -> int:
             array = np.array(root.const.to_numpy(), copy=True).reshape(node.inputs[1].shape)
             own = graph.add_const(f"{node.name or 'batchnorm'}_{suffix}", Dense(array))
             graph.set_input(node, index, own)
+            _erase_if_dead(graph, value)
             rewired += 1
     return rewired
+
+
+def _erase_if_dead(graph: Graph, value: Value) -> None:
+    """Erase the pass-through chain that computed ``value`` once nothing reads it."""
+    while value.producer is not None and not value.uses and not graph.is_output(value):
+        node = value.producer
+        if any(v.uses or graph.is_output(v) for v in node.outputs):
+            return
+        graph.erase_node(node)
+        value = node.inputs[0]
 
 
 def _batch_norm_states(graph: Graph) -> list[BatchNormState]:

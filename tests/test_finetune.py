@@ -161,6 +161,7 @@ def test_cnn_with_batch_norm_then_clustered(tmp_path, split):
     details = result.report["passes"][0]["details"]
     # torch exported the untrained BN's running var/mean as Identity(scale/bias): untied first.
     assert details["untied_running_statistics"] == 4 and result.report["passes"][0]["preserved"] == []
+    assert "Identity" not in [n.op for n in graph.nodes]  # the exporter's aliases, now unused, are gone
     for bn in (n for n in graph.nodes if n.op == "BatchNormalization"):
         scale, bias, mean, var = bn.inputs[1:]
         assert not np.array_equal(scale.numpy(), initial[scale.name])
