@@ -238,8 +238,7 @@ def kmeans1d(x, k: int, *, init: str = "linear", weights=None, max_iter: int = 3
     else:
         starts = [_initial(data, k, init, rng) for _ in range(n_init)]
     best = None
-    for start in starts:
-        result = lloyd(data, start, max_iter=max_iter, tol=tol)
+    for start, result in zip(starts, lloyd_batch(data, np.asarray(starts), max_iter=max_iter, tol=tol)):
         if refine:
             result = swap_refine(data, result, max_iter=max_iter, tol=tol)
         if best is None or result.inertia < best.inertia:
@@ -292,6 +291,65 @@ def lloyd(data: SortedData, centroids, *, max_iter: int = 300, tol: float = 0.0)
         converged = previous is not None and np.array_equal(data.edges(centres), previous)
     return KMeansResult(centres, data.potential(centres), data.potential(start), iterations,
                         converged, reseeded)
+
+
+def lloyd_batch(data: SortedData, starts: np.ndarray, *, max_iter: int = 300,
+                tol: float = 0.0) -> list[KMeansResult]:
+    """:func:`lloyd` from every row of ``starts`` (``restarts x k``), the same results
+    exactly, with the rows' iterations run side by side: one binary search, one lookup and
+    one mean per iteration for all rows (per-iteration work is mostly NumPy call overhead).
+    A row that empties a cluster is finished by :func:`lloyd` itself (re-seeding is rare)."""
+    starts = np.sort(np.asarray(starts, np.float64), axis=1)
+    count = len(starts)
+    results: list = [None] * count
+    if count == 1 or starts.shape[1] < 2:
+        return [lloyd(data, start, max_iter=max_iter, tol=tol) for start in starts]
+    threshold = tol * _variance(data)
+    centres = starts.copy()
+    previous = np.full((count, starts.shape[1] + 1), -1, np.int64)  # no row's edges yet
+    active = np.arange(count)
+    iterations = 0
+
+    def finish(rows, converged):
+        for row in rows.tolist():
+            results[row] = KMeansResult(centres[row], data.potential(centres[row]),
+                                        data.potential(starts[row]), iterations, bool(converged))
+
+    while iterations < max_iter and len(active):
+        current = centres[active]
+        middles = 0.5 * (current[:, :-1] + current[:, 1:])
+        edges = np.zeros((len(active), current.shape[1] + 1), np.int64)
+        edges[:, 1:-1] = np.searchsorted(data.values, middles)
+        edges[:, -1] = data.size
+        same = (edges == previous[active]).all(axis=1)
+        if iterations and same.any():  # same runs -> same means: a fixed point
+            finish(active[same], True)
+            active, edges, current = active[~same], edges[~same], current[~same]
+            if not len(active):
+                break
+        sums = np.diff(np.take(data.sums, edges, axis=2 - 1), axis=2)  # (3, rows, k): w, w x, w x^2
+        weight = sums[0]
+        empty = (weight <= 0).any(axis=1)
+        for row in active[empty].tolist():  # finished the scalar way, re-seeding included
+            results[row] = lloyd(data, starts[row], max_iter=max_iter, tol=tol)
+        if empty.any():
+            keep = ~empty
+            active, edges, current, sums, weight = active[keep], edges[keep], current[keep], sums[:, keep], weight[keep]
+            if not len(active):
+                break
+        means = sums[1] / weight + data.shift
+        means = np.maximum.accumulate(means, axis=1)
+        centres[active], previous[active] = means, edges
+        iterations += 1
+        if threshold > 0:
+            moved = np.sum((means - current) ** 2, axis=1) <= threshold
+            finish(active[moved], True)
+            active = active[~moved]
+    if len(active):  # out of iterations
+        for row in active.tolist():
+            converged = np.array_equal(data.edges(centres[row]), previous[row])
+            finish(np.array([row]), converged)
+    return results
 
 
 def swap_refine(data: SortedData, result: KMeansResult, *, max_iter: int = 300,

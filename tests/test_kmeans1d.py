@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from circ.kmeans1d import (INITS, SortedData, _draw_in_runs, assign, inertia, kmeans1d,
-                           kmeans_plus_plus, kmeans_plus_plus_batch, lloyd)
+                           kmeans_plus_plus, kmeans_plus_plus_batch, lloyd, lloyd_batch)
 
 
 def brute_inertia(x, centroids, weights=None):
@@ -54,6 +54,22 @@ def test_lloyd_from_any_start_never_increases_the_objective(x, start, iterations
     result = lloyd(data, start, max_iter=iterations)
     before = brute_inertia(x, start)
     assert brute_inertia(x, result.centroids) <= before * (1 + 1e-12) + 1e-12
+
+
+@settings(max_examples=100, deadline=None)
+@given(data_arrays, st.integers(2, 12), st.integers(1, 4), st.integers(0, 2**32 - 1),
+       st.sampled_from([(300, 0.0), (2, 0.0), (300, 1e-3)]))
+def test_lloyd_batch_is_lloyd_row_by_row(x, k, count, seed, budget):
+    data = SortedData.from_data(x)
+    rng = np.random.default_rng(seed)
+    # random distinct starts: some clusters start empty (re-seeded by the scalar path)
+    starts = np.sort(rng.uniform(-8, 8, (count, k)), axis=1)
+    max_iter, tol = budget
+    for start, got in zip(starts, lloyd_batch(data, starts, max_iter=max_iter, tol=tol)):
+        want = lloyd(data, start, max_iter=max_iter, tol=tol)
+        np.testing.assert_array_equal(got.centroids, want.centroids)
+        assert (got.inertia, got.init_inertia, got.n_iter, got.converged, got.reseeded) == \
+            (want.inertia, want.init_inertia, want.n_iter, want.converged, want.reseeded)
 
 
 def test_lloyd_matches_the_textbook_iteration():
