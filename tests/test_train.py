@@ -499,3 +499,21 @@ def test_quantized_step_lands_on_the_grid(bits, signed, seed):
     # The shadow's nearest grid point (in range) is what the forward pass sees.
     expected = np.clip(np.rint(param.weights / scale[:, None]) + zero[:, None].astype(np.float64), low, top)
     assert np.array_equal(trained.q[mask], expected[mask])
+
+
+def test_progress_lines_per_epoch(capsys):
+    from circ import progress
+
+    x, y = data()
+    progress.enable(True)
+    try:
+        fit(mlp(), x, y, TrainConfig(epochs=2, batch=8), val=(x, y))
+    finally:
+        progress.enable(False)
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if ": loss " in line]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all("validation accuracy" in line for line in lines)
+    assert "batch" in err  # the tqdm bar over batches
+    fit(mlp(), x, y, TrainConfig(batch=8))
+    assert capsys.readouterr().err == ""  # off unless a tool switches it on
