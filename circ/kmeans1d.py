@@ -207,7 +207,7 @@ def _run_lengths(sorted_values: np.ndarray) -> Optional[np.ndarray]:
 
 def kmeans1d(x, k: int, *, init: str = "linear", weights=None, max_iter: int = 300,
              tol: float = 0.0, seed: Seed = 0, n_init: Optional[int] = None,
-             refine: Optional[bool] = None) -> KMeansResult:
+             refine: Optional[bool] = None, exact: Optional[bool] = None) -> KMeansResult:
     """Lloyd's k-means of 1-D data ``x`` (any shape, flattened) into at most ``k`` clusters.
 
     ``weights`` (same shape, >= 0) weight each point. Iteration stops when the assignments
@@ -216,7 +216,11 @@ def kmeans1d(x, k: int, *, init: str = "linear", weights=None, max_iter: int = 3
     ``max_iter`` iterations. ``n_init`` restarts (default 1 for the deterministic ``linear``
     and ``density``, 3 for ``kmeans++`` and ``random``) keep the lowest inertia. The same
     ``seed`` gives the same result. The returned objective is never above that of the
-    returned initialisation.
+    returned initialisation. With ``exact`` (default: for ``kmeans++``, the method meant to
+    give the best clustering; the other inits stay as they are, so comparing them keeps its
+    meaning) and ``max_iter > 0``, problems small enough for :func:`exact_is_cheap` also get
+    the globally optimal clustering by dynamic programming, returned when it sums lower than
+    the best restart (it does unless the restart found an optimum too).
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
@@ -231,6 +235,8 @@ def kmeans1d(x, k: int, *, init: str = "linear", weights=None, max_iter: int = 3
         n_init = 1 if init in ("linear", "density") else 3
     if refine is None:
         refine = init in ("random", "kmeans++")
+    if exact is None:
+        exact = init == "kmeans++"
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     n_init = max(1, n_init)
     if init == "kmeans++":  # the restarts' seedings run side by side
@@ -245,6 +251,11 @@ def kmeans1d(x, k: int, *, init: str = "linear", weights=None, max_iter: int = 3
             best, best_start = result, start
     # The inertias so far come from prefix sums; the returned ones are summed exactly.
     start_sse, final_sse = data.sse(best_start), data.sse(best.centroids)
+    if exact and max_iter > 0 and exact_is_cheap(data, k):
+        optimal = optimal_centroids(data, k)
+        optimal_sse = data.sse(optimal)
+        if optimal_sse < final_sse and np.all(np.diff(optimal) > 0):
+            best, final_sse = attrs.evolve(best, centroids=optimal, converged=True), optimal_sse
     if final_sse > start_sse:  # only possible through float rounding at a fixed point
         return attrs.evolve(best, centroids=best_start, inertia=start_sse, init_inertia=start_sse)
     return attrs.evolve(best, inertia=final_sse, init_inertia=start_sse)
@@ -291,6 +302,73 @@ def lloyd(data: SortedData, centroids, *, max_iter: int = 300, tol: float = 0.0)
         converged = previous is not None and np.array_equal(data.edges(centres), previous)
     return KMeansResult(centres, data.potential(centres), data.potential(start), iterations,
                         converged, reseeded)
+
+
+# Exact optimum by dynamic programming when it is cheap: at most this many layers (clusters
+# times binary-search levels) and this much work (clusters times distinct values).
+EXACT_MAX_LEVELS = 400
+EXACT_MAX_WORK = 1 << 18
+
+
+def exact_is_cheap(data: SortedData, k: int) -> bool:
+    """Whether :func:`optimal_centroids` is used for ``k`` clusters of ``data``."""
+    levels = k * max(1, data.size.bit_length())
+    return 1 < k < data.size and levels <= EXACT_MAX_LEVELS and k * data.size <= EXACT_MAX_WORK
+
+
+def optimal_centroids(data: SortedData, k: int) -> np.ndarray:
+    """The centroids of a globally optimal k-means of ``data`` (``1 < k < data.size``).
+
+    In one dimension an optimal clustering is ``k`` contiguous runs of the sorted values, so
+    ``best[c][j]``, the least cost of ``values[:j]`` in ``c`` runs, is the minimum over ``i``
+    of ``best[c-1][i] + cost(i, j)`` (Wang & Song, Ckmeans.1d.dp, R Journal 2011). The
+    minimising ``i`` never decreases with ``j`` (the run cost is a Monge array), so each layer
+    is solved by divide and conquer (Grønlund et al. 2017, section 2): the middle ``j`` of
+    every open interval is minimised over its allowed ``i`` at once, which bounds the
+    ``i`` of both halves — about ``log2(m)`` vectorised steps per layer, ``O(k m log m)``
+    work. Costs come from the prefix sums, so ties and rounding may pick a partition a hair
+    from optimal; :func:`kmeans1d` keeps whichever of this and its restarts sums lower.
+    """
+    m = data.size
+    w, x, xx = data.cum_w, data.cum_x, data.cum_xx
+
+    def cost(i, j):  # sum of w (v - mean)^2 over values[i:j], j > i
+        weight = w[j] - w[i]
+        total = x[j] - x[i]
+        return np.maximum(xx[j] - xx[i] - total * total / weight, 0.0)
+
+    ends = np.arange(m + 1)
+    best = np.full(m + 1, np.inf)
+    best[1:] = cost(np.zeros(m, np.int64), ends[1:])
+    splits = np.zeros((k + 1, m + 1), np.int64)
+    for layer in range(2, k + 1):
+        current = np.full(m + 1, np.inf)
+        # open intervals: j in [j_lo, j_hi], the minimising i in [i_lo, i_hi]
+        j_lo = np.array([m if layer == k else layer])
+        j_hi, i_lo, i_hi = np.array([m]), np.array([layer - 1]), np.array([m - 1])
+        while len(j_lo):
+            middle = (j_lo + j_hi) // 2
+            top = np.minimum(i_hi, middle - 1)
+            counts = top - i_lo + 1
+            first = np.cumsum(counts) - counts
+            segment = np.repeat(np.arange(len(middle)), counts)
+            i = np.arange(counts.sum()) - first[segment] + i_lo[segment]
+            values = best[i] + cost(i, middle[segment])
+            lowest = np.minimum.reduceat(values, first)
+            split = np.minimum.reduceat(np.where(values <= lowest[segment], i, m), first)
+            current[middle], splits[layer, middle] = lowest, split
+            left, right = j_lo <= middle - 1, middle + 1 <= j_hi
+            j_lo, j_hi, i_lo, i_hi = (np.concatenate((j_lo[left], middle[right] + 1)),
+                                      np.concatenate((middle[left] - 1, j_hi[right])),
+                                      np.concatenate((i_lo[left], split[right])),
+                                      np.concatenate((split[left], i_hi[right])))
+        best = current
+    bounds = [m]
+    for layer in range(k, 1, -1):
+        bounds.append(int(splits[layer, bounds[-1]]))
+    bounds.append(0)
+    bounds = np.array(bounds[::-1])
+    return data.run_mean(bounds[:-1], bounds[1:])
 
 
 def lloyd_batch(data: SortedData, starts: np.ndarray, *, max_iter: int = 300,

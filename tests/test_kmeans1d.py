@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from circ.kmeans1d import (INITS, SortedData, _draw_in_runs, assign, inertia, kmeans1d,
-                           kmeans_plus_plus, kmeans_plus_plus_batch, lloyd, lloyd_batch)
+                           kmeans_plus_plus, kmeans_plus_plus_batch, lloyd, lloyd_batch,
+                           optimal_centroids)
 
 
 def brute_inertia(x, centroids, weights=None):
@@ -70,6 +71,44 @@ def test_lloyd_batch_is_lloyd_row_by_row(x, k, count, seed, budget):
         np.testing.assert_array_equal(got.centroids, want.centroids)
         assert (got.inertia, got.init_inertia, got.n_iter, got.converged, got.reseeded) == \
             (want.inertia, want.init_inertia, want.n_iter, want.converged, want.reseeded)
+
+
+def brute_optimum(data, k):
+    """Least cost of ``k`` contiguous runs of the sorted data, by the O(k m^2) recursion."""
+    m = data.size
+    best = np.full((k + 1, m + 1), np.inf)
+    best[0, 0] = 0.0
+    for layer in range(1, k + 1):
+        for j in range(layer, m + 1):
+            splits = np.arange(layer - 1, j)  # the last run is values[i:j]
+            costs = data.run_cost(splits, j, data.run_mean(splits, j))
+            best[layer, j] = np.min(best[layer - 1, splits] + costs)
+    return best[k, m]
+
+
+@settings(max_examples=100, deadline=None)
+@given(data_arrays, st.integers(2, 8), st.booleans())
+def test_optimal_centroids_reach_the_least_cost_partition(x, k, weighted):
+    weights = (np.arange(len(x)) % 3 + 1).astype(float) if weighted else None
+    data = SortedData.from_data(x, weights)
+    if not 1 < k < data.size:
+        return
+    centroids = optimal_centroids(data, k)
+    assert len(centroids) == k and np.all(np.diff(centroids) > 0)
+    assert data.sse(centroids) <= brute_optimum(data, k) * (1 + 1e-9) + 1e-12
+
+
+def test_small_problems_get_the_optimum_not_a_local_one():
+    # seed 101, n 500, k 4: kmeans++ restarts and scikit-learn end in local optima
+    # 0.1% above the least cost; the exact polish finds it
+    x = np.random.default_rng(101).standard_normal(500).astype(np.float32)
+    data = SortedData.from_data(x)
+    heuristic = kmeans1d(x, 4, init="kmeans++", seed=1, exact=False)
+    polished = kmeans1d(x, 4, init="kmeans++", seed=1)
+    optimum = brute_optimum(data, 4)
+    assert heuristic.inertia > optimum * 1.0005
+    assert polished.inertia == pytest.approx(optimum, rel=1e-9)
+    assert polished.inertia <= polished.init_inertia
 
 
 def test_lloyd_matches_the_textbook_iteration():
