@@ -476,7 +476,7 @@ def decode(code: HuffmanCode) -> np.ndarray:
     repeats = np.left_shift(1, top - lengths[order])
     filled = min(int(repeats.sum()), 1 << top)
     symbol_table = np.zeros(1 << top, dtype)
-    length_table = np.zeros(1 << top, np.uint8)  # small tables stay in cache
+    length_table = np.zeros(1 << top, np.uint8)
     symbol_table[:filled] = np.repeat((order + code.lo).astype(dtype), repeats)[:filled]
     length_table[:filled] = np.repeat(lengths[order], repeats)[:filled]
 
@@ -501,19 +501,27 @@ def decode(code: HuffmanCode) -> np.ndarray:
     last_real = count - (lanes - 1) * block  # symbols in the last lane
     end_of_last = 0
     drop = np.uint64(64 - top)
-    # One symbol of every lane per step, in as few NumPy calls as it takes: the call
-    # overhead, not the work on a few thousand lanes, is most of the time. Plain fancy
-    # indexing gathers faster than np.take(out=...) (which buffers or clips every index).
-    # The shifts run on an unsigned view, the lookups on the signed one.
-    for j in range(block):
-        peek = window[position >> 5]
-        peek <<= (position & 31).view(np.uint64)
-        peek >>= drop
-        index = peek.view(np.int64)
-        out[j] = symbol_table[index]
-        position += length_table[index]
-        if j + 1 == last_real:
-            end_of_last = int(position[-1])
+    # Every lane decodes one symbol per step, in as few NumPy calls as it takes: the call
+    # overhead, not the work on a few thousand lanes, is most of the time. A window shifted
+    # to the lane's position holds at least 33 valid bits, so it serves `per_fetch` codes
+    # before the next gather. Plain fancy indexing gathers faster than np.take(out=...)
+    # (which buffers or clips every index). Shifts run on unsigned views, lookups on signed.
+    per_fetch = max(1, 33 // top)
+    length_table = length_table.astype(np.int64)  # added to positions without a cast
+    row = 0
+    while row < block:
+        window_bits = window[position >> 5]
+        window_bits <<= (position & 31).view(np.uint64)
+        for more in range(min(per_fetch, block - row) - 1, -1, -1):
+            index = (window_bits >> drop).view(np.int64)
+            out[row] = symbol_table[index]
+            length = length_table[index]
+            position += length
+            row += 1
+            if row == last_real:
+                end_of_last = int(position[-1])
+            if more:
+                window_bits <<= length.view(np.uint64)
     ends = np.empty(lanes, np.int64)
     ends[:-1] = code.offsets
     ends[-1] = code.nbits
