@@ -196,3 +196,126 @@ def test_conv_transpose_matches_onnxruntime_on_random_configs(data):
     inputs = _conv_inputs([data.draw(st.integers(1, 2)), group * per_group_in] + sizes,
                           [group * per_group_in, per_group_out] + kernel, bias=False)
     check_op("ConvTranspose", inputs, attributes, consts={"w"}, **TOL)
+
+
+# ------------------------------------------------------------------ kernel layouts and gradients
+#
+# The im2col kernel builds channels-last or channels-first column matrices (whichever copies
+# faster), reads inputs in either memory order and works in chunks of the batch or of output
+# rows. Every combination must give the same numbers, forward and backward: checked here
+# against torch in float64, forcing each layout and chunking.
+
+LAYOUT_CASES = [  # x shape, w shape, attributes
+    ((2, 6, 9, 10), (4, 6, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((2, 6, 9, 10), (4, 3, 3, 2), {"group": 2, "strides": [2, 1], "pads": [0, 1, 2, 1]}),
+    ((2, 6, 9, 10), (5, 6, 3, 3), {"strides": [2, 2], "dilations": [2, 1], "pads": [2, 1, 2, 1]}),
+    ((3, 1, 12, 12), (4, 1, 5, 5), {}),  # LeNet's first layer, small
+    ((2, 4, 9), (6, 4, 3), {"strides": [2], "pads": [1, 2], "dilations": [2]}),
+    ((1, 3, 5, 6, 5), (4, 3, 2, 2, 2), {"pads": [1, 0, 1, 0, 1, 1]}),
+    ((2, 6, 5, 5), (8, 6, 1, 1), {}),
+    ((2, 6, 5, 5), (8, 3, 1, 1), {"group": 2, "strides": [2, 2]}),
+]
+
+
+class _Node:
+    """Just what the Conv kernel and gradient read from a node."""
+
+    def __init__(self, attributes):
+        self.attrs, self.op = attributes, "Conv"
+
+
+def _torch_conv(x, w, bias, attributes, cotangent):
+    """Output and gradients (x, w, bias) of the same Conv computed by torch."""
+    import torch
+    import torch.nn.functional as F
+
+    rank = x.ndim - 2
+    pads = attributes.get("pads", [0] * 2 * rank)
+    torch_pads = []
+    for axis in reversed(range(rank)):  # F.pad lists the last axis first
+        torch_pads += [pads[axis], pads[axis + rank]]
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, bias))
+    conv = (F.conv1d, F.conv2d, F.conv3d)[rank - 1]
+    out = conv(F.pad(tx, torch_pads), tw, tb, stride=attributes.get("strides", 1),
+               dilation=attributes.get("dilations", 1), groups=attributes.get("group", 1))
+    out.backward(torch.tensor(cotangent))
+    return out.detach().numpy(), tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy()
+
+
+def _channels_last_copy(x):
+    """``x`` with the same shape and values, its memory ordered (N, spatial..., C)."""
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, attributes", LAYOUT_CASES)
+@pytest.mark.parametrize("columns", ["channels_last", "channels_first"])
+def test_conv_layouts_and_chunks_match_torch(monkeypatch, x_shape, w_shape, attributes, columns):
+    from circ.ops import conv
+
+    monkeypatch.setattr(conv, "_prefers_channels_last", lambda *args: columns == "channels_last")
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    bias = rng.standard_normal(w_shape[0])
+    node = _Node(attributes)
+    out = conv._conv(node, x, w, bias)
+    cotangent = rng.standard_normal(out.shape)
+    want = _torch_conv(x, w, bias, attributes, cotangent)
+    for chunk_bytes in (conv.IM2COL_CHUNK_BYTES, 1, 3000):  # whole batch, single rows, a few
+        monkeypatch.setattr(conv, "IM2COL_CHUNK_BYTES", chunk_bytes)
+        for layout, array in (("(N, C, ...)", x), ("channels last", _channels_last_copy(x))):
+            got = [conv._conv(node, array, w, bias)]
+            got += conv._conv_grad(node, [array, w, bias], got, [cotangent])
+            for name, value, expected in zip(("output", "grad x", "grad w", "grad bias"), got, want):
+                np.testing.assert_allclose(value, expected, rtol=1e-10, atol=1e-10,
+                                           err_msg=f"{name}, {layout} input, chunks of {chunk_bytes} B")
+
+
+def test_conv_prefers_long_copy_runs():
+    """LeNet's layers: one input channel reads output rows (channels first); twenty read
+    kernel rows of all channels (channels last)."""
+    from circ.ops.conv import _prefers_channels_last, window
+
+    lenet1 = (np.empty((64, 1, 28, 28)), np.empty((20, 1, 5, 5)))
+    lenet2 = (np.empty((64, 20, 12, 12)), np.empty((50, 20, 5, 5)))
+    node = _Node({})
+    assert not _prefers_channels_last(*lenet1, window(node, (28, 28), (5, 5)), 1)
+    assert _prefers_channels_last(*lenet2, window(node, (12, 12), (5, 5)), 1)
+    late_resnet = (np.empty((1, 512, 7, 7)), np.empty((512, 512, 3, 3)))  # 49 pixels < 512 outputs
+    assert not _prefers_channels_last(*late_resnet, window(_Node({"pads": [1] * 4}), (7, 7), (3, 3)), 1)
+
+
+def test_conv_float32_lenet_layers_match_torch():
+    from circ.ops import conv
+
+    x = rng.standard_normal((8, 1, 28, 28)).astype(np.float32)
+    for w_shape in [(20, 1, 5, 5), (50, 20, 5, 5)]:
+        w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
+        bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+        out = conv._conv(_Node({}), x, w, bias)
+        assert out.dtype == np.float32
+        cotangent = rng.standard_normal(out.shape).astype(np.float32)
+        grads = conv._conv_grad(_Node({}), [x, w, bias], [out], [cotangent])
+        want = _torch_conv(x, w, bias, {}, cotangent)
+        for value, expected in zip([out] + grads, want):
+            assert value.dtype == np.float32
+            np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+        x = out[:, :, :12, :12]  # a channels-last view, as the next layer gets it
+
+
+def test_conv_scratch_buffers_are_per_thread():
+    """Column matrices live in per-thread scratch buffers: convs running at once in two
+    threads must not share them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from circ.ops import conv
+
+    cases = [(rng.standard_normal((16, 6, 20, 20)).astype(np.float32),
+              rng.standard_normal((8, 6, 3, 3)).astype(np.float32)) for _ in range(2)]
+    expected = [conv._conv(_Node({}), x, w) for x, w in cases]
+
+    def repeat(index):
+        x, w = cases[index]
+        return all(np.array_equal(conv._conv(_Node({}), x, w), expected[index]) for _ in range(20))
+
+    with ThreadPoolExecutor(2) as pool:
+        assert all(pool.map(repeat, [0, 1, 0, 1]))

@@ -151,3 +151,66 @@ def test_pools_match_onnxruntime_on_random_windows(data):
         assume(all((-(-n // s) - 1) * s + k >= n for n, s, k in zip(sizes, strides, kernel)))
     x = rng.standard_normal([data.draw(st.integers(1, 2)), 2] + sizes).astype(np.float32)
     check_op(op, {"x": x}, attributes)
+
+
+# ------------------------------------------------------------------ MaxPool gradient and layouts
+
+
+def _max_pool_grad_by_loops(x, grad, kernel, strides, pads):
+    """Reference MaxPool gradient for 2-D windows: each window sends its gradient to its
+    first maximum in row-major order (padding never wins)."""
+    out = np.zeros_like(x)
+    for n, c, i, j in np.ndindex(grad.shape):
+        best, where = -np.inf, None
+        for a, b in np.ndindex(*kernel):
+            row, col = i * strides[0] + a - pads[0], j * strides[1] + b - pads[1]
+            if 0 <= row < x.shape[2] and 0 <= col < x.shape[3] and x[n, c, row, col] > best:
+                best, where = x[n, c, row, col], (row, col)
+        out[(n, c) + where] += grad[n, c, i, j]
+    return out
+
+
+def _channels_last_copy(x):
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
+
+
+class _Node:
+    def __init__(self, attributes):
+        self.attrs, self.op, self.outputs = attributes, "MaxPool", [None]
+
+
+@pytest.mark.parametrize("kernel, strides, pads", [
+    ((2, 2), (2, 2), (0, 0)),  # disjoint windows (LeNet)
+    ((3, 3), (2, 2), (1, 1)),  # overlapping windows with pads (ResNet)
+    ((3, 2), (1, 2), (1, 0)),
+])
+@pytest.mark.parametrize("layout", ["(N, C, ...)", "channels last"])
+def test_max_pool_gradient_goes_to_the_first_maximum(kernel, strides, pads, layout):
+    from circ.ops.pool import _max_pool, _max_pool_grad
+
+    # few distinct values: many ties, within windows and across overlapping windows
+    x = rng.integers(0, 3, size=(2, 3, 7, 8)).astype(np.float64)
+    node = _Node({"kernel_shape": list(kernel), "strides": list(strides), "pads": list(pads) * 2})
+    if layout == "channels last":
+        x = _channels_last_copy(x)
+    out = _max_pool(node, x)
+    grad = rng.standard_normal(out.shape)
+    (got,) = _max_pool_grad(node, [x], [out], [grad])
+    np.testing.assert_allclose(got, _max_pool_grad_by_loops(x, grad, kernel, strides, pads),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_pools_keep_a_channels_last_layout(op):
+    """Conv returns channels-last views; pooling them gives the same numbers as pooling a
+    plain array, and keeps the memory order so the next Conv need not transpose."""
+    from circ.ops.conv import _is_channels_last
+    from circ.ops.pool import _average_pool, _max_pool
+
+    kernel = _max_pool if op == "MaxPool" else _average_pool
+    x = rng.standard_normal((2, 5, 9, 8)).astype(np.float32)
+    for attributes in WINDOWS_2D[:3]:
+        node = _Node(attributes)
+        got = kernel(node, _channels_last_copy(x))
+        np.testing.assert_allclose(got, kernel(node, x), rtol=1e-6, atol=1e-6)
+        assert _is_channels_last(got)

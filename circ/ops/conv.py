@@ -134,7 +134,10 @@ def pad_spatial(x: np.ndarray, begins, ends, value=0) -> np.ndarray:
     if not any(begins) and not any(ends):
         return x
     shape = x.shape[:2] + tuple(s + b + e for s, b, e in zip(x.shape[2:], begins, ends))
-    out = np.full(shape, value, dtype=x.dtype)
+    if _is_channels_last(x):  # keep the memory order of a channels-last input
+        out = np.moveaxis(np.full((shape[0],) + shape[2:] + (shape[1],), value, dtype=x.dtype), -1, 1)
+    else:
+        out = np.full(shape, value, dtype=x.dtype)
     inner = tuple(slice(b, b + s) for b, s in zip(begins, x.shape[2:]))
     out[(slice(None), slice(None)) + inner] = x
     return out
@@ -236,13 +239,14 @@ def _conv(node, x, w, bias=None):
                          f"do not fit")
     bias = None if bias is None else bias.astype(x.dtype, copy=False)
     depthwise = w.shape[1] == 1 and group > 1
+    pointwise = all(k == 1 for k in kernel_dims)
     if depthwise and len(set(win.strides)) == 1:
         out = _depthwise_flat(x, w, win, group)
     elif depthwise:
         out = _depthwise(fit_windows(x, win), w, win, group)
-    elif all(k == 1 for k in kernel_dims) and not _is_channels_last(x):
+    elif pointwise and not _is_channels_last(x):
         out = _pointwise(fit_windows(x, win), w, win, group)
-    elif _prefers_channels_last(w, win, group):
+    elif pointwise or _prefers_channels_last(x, w, win, group):
         return _conv_channels_last(x, w, win, group, bias)
     else:
         return _conv_channels_first(x, w, win, group, bias)
@@ -301,7 +305,7 @@ def _scratch(slot: str, shape: tuple, dtype) -> np.ndarray:
     buffer = buffers.get(slot)
     if buffer is None or buffer.size < size:
         buffer = np.empty(size, dtype=np.uint8)
-        if size <= 2 * IM2COL_CHUNK_BYTES:
+        if size <= IM2COL_CHUNK_BYTES:
             buffers[slot] = buffer
     return buffer[:size].view(dtype).reshape(shape)
 
@@ -313,8 +317,13 @@ def _is_channels_last(x: np.ndarray) -> bool:
             and np.moveaxis(x, 1, -1).flags.c_contiguous)
 
 
-def _prefers_channels_last(w, win: Window, group: int) -> bool:
-    """Whether the channels-last column copy has runs at least as long as channels-first's."""
+def _prefers_channels_last(x, w, win: Window, group: int) -> bool:
+    """Whether the channels-last columns are cheaper to build: their copy has runs at least
+    as long as channels-first's, and there are more pixels than output channels (otherwise
+    re-laying the weights, which channels-first uses as they are, costs more than the copy
+    saves: late ResNet layers at batch 1)."""
+    if x.shape[0] * int(np.prod(win.out_dims)) < w.shape[0]:
+        return False
     per_group = w.shape[1]
     last_run = per_group * (win.kernel[-1] if group == 1 and win.dilations[-1] == 1 else 1)
     first_run = win.out_dims[-1] if win.strides[-1] == 1 else 1
@@ -349,9 +358,14 @@ def _chunks(batch: int, rows: int, row_bytes: int):
 
 class _ChannelsLast:
     """Channels-last im2col of one Conv: the padded input as (N, spatial..., G, Cg), the
-    window view over it and the weights as (G, taps * Cg, Cout / G)."""
+    window view over it and the weights as (G, Cout / G, taps * Cg) (each output channel's
+    (Cg, taps) block transposed, a cheap copy next to a full (taps, Cg, Cout) transpose).
 
-    def __init__(self, x, w, win: Window, group: int):
+    With a bias, each group's column matrix gets a last column of ones and the weights a
+    last row holding the bias, so the GEMM adds it (a separate add over a (pixels, Cout)
+    output with few channels costs as much as the copy)."""
+
+    def __init__(self, x, w, win: Window, group: int, bias=None):
         rank = len(win.kernel)
         batch, channels = x.shape[:2]
         self.win, self.group, self.rank = win, group, rank
@@ -378,66 +392,90 @@ class _ChannelsLast:
         order = (0,) + tuple(range(1, rank + 1)) + (2 * rank + 1,) \
             + tuple(range(rank + 1, 2 * rank + 1)) + (2 * rank + 2,)
         self.view = view.transpose(order)
-        taps = tuple(range(3, 3 + rank))
-        self.weights = w.reshape((group, self.out_per_group, self.per_group) + win.kernel) \
-            .transpose((0,) + taps + (2, 1)).reshape(group, self.depth, self.out_per_group)
-        self.row_bytes = int(np.prod(win.out_dims[1:])) * group * self.depth * item
+        taps = int(np.prod(win.kernel))
+        weights = w.reshape(group, self.out_per_group, self.per_group, taps) \
+            .transpose(0, 1, 3, 2).reshape(group, self.out_per_group, self.depth)
+        # a 1x1 kernel at stride 1 reads its input in place: no copy to add a column to
+        self.in_place = self.view.flags.c_contiguous
+        self.bias = bias
+        self.with_bias = bias is not None and not self.in_place
+        if self.with_bias:
+            weights = np.concatenate([weights, bias.reshape(group, self.out_per_group, 1)], axis=2)
+        self.weights = weights
+        self.width = self.depth + self.with_bias
+        self.row_bytes = int(np.prod(win.out_dims[1:])) * group * self.width * item
 
     def chunks(self):
         return _chunks(self.view.shape[0], self.win.out_dims[0], self.row_bytes)
 
     def cols(self, n0, n1, r0, r1) -> np.ndarray:
-        """Column matrix ``(pixels, G, depth)`` of batch items n0:n1, output rows r0:r1."""
+        """Column matrix ``(pixels, G, width)`` of batch items n0:n1, output rows r0:r1."""
         piece = self.view[n0:n1, r0:r1]
-        cols = _scratch("cols", piece.shape, piece.dtype)
-        np.copyto(cols, piece)
-        return cols.reshape(-1, self.group, self.depth)
+        if self.in_place:
+            return piece.reshape(-1, self.group, self.depth)
+        cols = _scratch("cols", piece.shape[:1 + self.rank] + (self.group, self.width), piece.dtype)
+        np.copyto(cols[..., :self.depth].reshape(piece.shape), piece)
+        if self.with_bias:
+            cols[..., self.depth] = 1
+        return cols.reshape(-1, self.group, self.width)
 
 
 def _conv_channels_last(x, w, win: Window, group: int, bias):
-    plan = _ChannelsLast(x, w, win, group)
+    plan = _ChannelsLast(x, w, win, group, bias)
     batch, out_channels = x.shape[0], w.shape[0]
     out = np.empty((batch,) + win.out_dims + (out_channels,), dtype=x.dtype)
     for n0, n1, r0, r1 in plan.chunks():
         cols = plan.cols(n0, n1, r0, r1)
         target = out[n0:n1, r0:r1].reshape(-1, out_channels)  # contiguous: a view
         if group == 1:
-            np.matmul(cols[:, 0], plan.weights[0], out=target)
+            np.matmul(cols[:, 0], plan.weights[0].T, out=target)
         else:
-            products = np.matmul(cols.transpose(1, 0, 2), plan.weights)
+            products = np.matmul(cols.transpose(1, 0, 2), plan.weights.transpose(0, 2, 1))
             target.reshape(-1, group, plan.out_per_group)[...] = products.transpose(1, 0, 2)
-        if bias is not None:
+        if plan.in_place and bias is not None:
             target += bias
     return np.moveaxis(out, -1, 1)
 
 
 class _ChannelsFirst:
     """Channels-first im2col of one Conv: the window view (G, Cg, taps..., N, out...) of the
-    padded input and the weights as (G, Cout / G, Cg * taps)."""
+    padded input and the weights as (G, Cout / G, Cg * taps); with a bias, a last row of
+    ones in the columns and the bias as the weights' last column (see :class:`_ChannelsLast`)."""
 
-    def __init__(self, x, w, win: Window, group: int):
+    def __init__(self, x, w, win: Window, group: int, bias=None):
         rank = len(win.kernel)
         batch, channels = x.shape[:2]
         self.win, self.group, self.rank = win, group, rank
         self.per_group, self.out_per_group = channels // group, w.shape[0] // group
         self.depth = self.per_group * int(np.prod(win.kernel))
+        if not x.flags.c_contiguous:
+            # windows of a channels-last input would be read one element at a time
+            x = np.ascontiguousarray(x)
         self.padded = fit_windows(x, win)
         view = windows_view(self.padded, win)
         view = view.reshape((batch, group, self.per_group) + win.kernel + win.out_dims)
         self.view = view.transpose((1, 2) + tuple(range(3, 3 + rank)) + (0,)
                                    + tuple(range(3 + rank, 3 + 2 * rank)))
-        self.weights = w.reshape(group, self.out_per_group, self.depth)
-        self.row_bytes = int(np.prod(win.out_dims[1:])) * group * self.depth * x.itemsize
+        weights = w.reshape(group, self.out_per_group, self.depth)
+        self.with_bias = bias is not None
+        if self.with_bias:
+            weights = np.concatenate([weights, bias.reshape(group, self.out_per_group, 1)], axis=2)
+        self.weights = weights
+        self.width = self.depth + self.with_bias
+        self.row_bytes = int(np.prod(win.out_dims[1:])) * group * self.width * x.itemsize
 
     def chunks(self):
         return _chunks(self.padded.shape[0], self.win.out_dims[0], self.row_bytes)
 
     def cols(self, n0, n1, r0, r1) -> np.ndarray:
-        """Column matrix ``(G, depth, pixels)`` of batch items n0:n1, output rows r0:r1."""
+        """Column matrix ``(G, width, pixels)`` of batch items n0:n1, output rows r0:r1."""
         piece = self.view[(slice(None),) * (2 + self.rank) + (slice(n0, n1), slice(r0, r1))]
-        cols = _scratch("cols", piece.shape, piece.dtype)
-        np.copyto(cols, piece)
-        return cols.reshape(self.group, self.depth, -1)
+        pixels = int(np.prod(piece.shape[2 + self.rank:]))
+        cols = _scratch("cols", (self.group, self.width, pixels), piece.dtype)
+        np.copyto(cols[:, :self.depth].reshape(piece.shape), piece)
+        if self.with_bias:
+            cols[:, self.depth] = 1
+        return cols
 
     def batch_major(self, array, n0, n1, r0, r1) -> np.ndarray:
         """``(G, rows, pixels)`` products of one chunk as (n, G, rows, out...)."""
@@ -447,13 +485,18 @@ class _ChannelsFirst:
 
 
 def _conv_channels_first(x, w, win: Window, group: int, bias):
-    plan = _ChannelsFirst(x, w, win, group)
+    plan = _ChannelsFirst(x, w, win, group, bias)
     batch, out_channels = x.shape[0], w.shape[0]
+    if group == 1:
+        # cols^T @ weights^T writes (pixels, Cout) rows: channels-last output, no transpose
+        out = np.empty((batch,) + win.out_dims + (out_channels,), dtype=x.dtype)
+        for n0, n1, r0, r1 in plan.chunks():
+            target = out[n0:n1, r0:r1].reshape(-1, out_channels)  # contiguous: a view
+            np.matmul(plan.cols(n0, n1, r0, r1)[0].T, plan.weights[0].T, out=target)
+        return np.moveaxis(out, -1, 1)
     out = np.empty((batch, group, plan.out_per_group) + win.out_dims, dtype=x.dtype)
     for n0, n1, r0, r1 in plan.chunks():
         products = np.matmul(plan.weights, plan.cols(n0, n1, r0, r1))
-        if bias is not None:
-            products += bias.reshape(group, plan.out_per_group, 1)
         out[n0:n1, :, :, r0:r1] = plan.batch_major(products, n0, n1, r0, r1)
     return out.reshape((batch, out_channels) + win.out_dims)
 
@@ -471,7 +514,7 @@ def _conv_grad(node, inputs, outputs, grad_outputs):
     group = int(node.attrs.get("group", 1))
     w = w.astype(x.dtype, copy=False)
     grad = grad.astype(x.dtype, copy=False)
-    if _prefers_channels_last(w, win, group):
+    if _prefers_channels_last(x, w, win, group):
         grad_x, grad_w = _grad_channels_last(x, w, win, group, grad)
     else:
         grad_x, grad_w = _grad_channels_first(x, w, win, group, grad)
@@ -483,18 +526,18 @@ def _grad_channels_last(x, w, win: Window, group: int, grad):
     plan = _ChannelsLast(x, w, win, group)
     rank, channels = plan.rank, x.shape[1]
     grad_last = np.ascontiguousarray(np.moveaxis(grad, 1, -1))  # (N, out..., G * Cog)
-    grad_weights = np.zeros_like(plan.weights)  # (G, depth, Cog)
+    grad_weights = np.zeros_like(plan.weights)  # (G, Cog, depth)
     grad_padded = np.zeros(plan.padded.shape, dtype=x.dtype)  # (N, padded..., C)
     taps = list(itertools.product(*(range(k) for k in win.kernel)))
     # (G, 1, Cog, taps * Cg) -> per tap (G, taps, Cog, Cg): the gradient of the columns
     # comes out tap by tap, so each tap's piece is contiguous for the scatter below
-    by_tap = plan.weights.reshape(group, len(taps), plan.per_group, plan.out_per_group)
-    by_tap = np.ascontiguousarray(by_tap.transpose(0, 1, 3, 2))
+    by_tap = plan.weights.reshape(group, plan.out_per_group, len(taps), plan.per_group)
+    by_tap = np.ascontiguousarray(by_tap.transpose(0, 2, 1, 3))
     for n0, n1, r0, r1 in plan.chunks():
         cols = plan.cols(n0, n1, r0, r1)  # (m, G, depth)
         grad_piece = grad_last[n0:n1, r0:r1].reshape(-1, group, plan.out_per_group)
         by_group = grad_piece.transpose(1, 0, 2)  # (G, m, Cog)
-        grad_weights += np.matmul(cols.transpose(1, 2, 0), by_group)
+        grad_weights += np.matmul(by_group.transpose(0, 2, 1), cols.transpose(1, 0, 2))
         dims = (n1 - n0, r1 - r0) + win.out_dims[1:]
         grad_cols = _scratch("grad_cols", (group, len(taps), cols.shape[0], plan.per_group),
                              x.dtype)
@@ -507,8 +550,7 @@ def _grad_channels_last(x, w, win: Window, group: int, grad):
             piece = np.moveaxis(grad_cols[:, index], 0, -2)  # (m, G, Cg)
             grad_padded[target] += piece.reshape(dims + (channels,))
     grad_x = np.moveaxis(grad_padded[(slice(None),) + plan.inner], -1, 1)
-    grad_w = grad_weights.reshape((group,) + win.kernel + (plan.per_group, plan.out_per_group))
-    grad_w = grad_w.transpose((0, rank + 2, rank + 1) + tuple(range(1, rank + 1)))
+    grad_w = grad_weights.reshape(w.shape[0], len(taps), plan.per_group).transpose(0, 2, 1)
     return grad_x, np.ascontiguousarray(grad_w).reshape(w.shape)
 
 
