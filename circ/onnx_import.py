@@ -147,6 +147,8 @@ class _Importer:
         model = self.model
         opsets = self._check_header()
         onnx_graph = model.graph
+        if not onnx_graph.output:
+            raise ModelError("the graph has no outputs (nothing to compute)")
         graph = Graph(name=onnx_graph.name or "main", opsets=opsets, meta=self._meta())
         declared = self._declared_types(graph)
         values = {}  # name -> Value

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+import circ
 from circ.errors import ModelError
 from circ.interpreter import Interpreter
 from circ.onnx_export import to_model_proto
@@ -471,6 +472,10 @@ def _undefined_output(m):
     m.graph.output.append(helper.make_tensor_value_info("nowhere", F, [2]))
 
 
+def _no_outputs(m):
+    del m.graph.output[:]
+
+
 def _bad_shape(m):
     m.graph.node.append(helper.make_node("Add", ["y", "bad"], ["z"], name="misfit"))
     m.graph.initializer.append(numpy_helper.from_array(np.float32([1, 2, 3]), "bad"))
@@ -495,6 +500,7 @@ MALFORMED = {
     "no default opset": (_no_default_opset, "default ONNX opset"),
     "undefined output": (_undefined_output, "'nowhere' is not defined"),
     "shape rule fails": (_bad_shape, "misfit"),
+    "no outputs": (_no_outputs, "the graph has no outputs"),
 }
 
 
@@ -505,6 +511,13 @@ def test_malformed_models_raise_model_error_naming_the_file(tmp_path, case):
     with pytest.raises(ModelError, match=message) as info:
         load_onnx(path)
     assert str(info.value).startswith(str(path))
+
+
+def test_graph_without_outputs_is_refused_in_one_line(tmp_path):
+    path = save(tmp_path, _with(_no_outputs))
+    with pytest.raises(ModelError) as info:
+        circ.load(path)
+    assert str(info.value) == f"{path}: the graph has no outputs (nothing to compute)"
 
 
 @pytest.mark.parametrize("content", [b"", b"\xff" * 64, b"not an onnx model at all\n",
