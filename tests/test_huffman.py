@@ -206,3 +206,27 @@ def test_streams_around_one_encoder_step_roundtrip(extra):
     rng = np.random.default_rng(extra + 10)
     symbols = rng.choice(32, huffman.STEP + extra, p=rng.dirichlet(np.ones(32))).astype(np.int8)
     assert np.array_equal(huffman.decode(roundtrip(huffman.encode(symbols))), symbols)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from([20, 33, 40, 256]), st.integers(0, 999),
+       st.sampled_from([np.uint8, np.int16, np.int32, np.uint16]), st.integers(0, 2**32 - 1))
+def test_byte_pairs_write_the_same_bytes_as_base_span_indexing(span, extra, dtype, seed):
+    # pairs of byte symbols are indexed as their native uint16 (first + 256 * second): the
+    # encoder does so when it looks two symbols up at once (span**2 <= count / 2)
+    count = 2 * span * span + extra
+    assert huffman.group_size(span, 1, count) == 2
+    rng = np.random.default_rng(seed)
+    lo = 0 if dtype == np.uint8 else int(rng.integers(-5, 5)) * (np.dtype(dtype).kind == "i")
+    symbols = (rng.choice(span, count, p=rng.dirichlet(np.ones(span))) + lo).astype(dtype)
+    paired = Writer()
+    huffman.encode(symbols).write(paired)
+    original = huffman._byte_pairs
+    try:
+        huffman._byte_pairs = lambda chunk, group: False
+        plain = Writer()
+        huffman.encode(symbols).write(plain)
+    finally:
+        huffman._byte_pairs = original
+    assert paired.getvalue() == plain.getvalue()
+    assert np.array_equal(huffman.decode(roundtrip(huffman.encode(symbols))), symbols)

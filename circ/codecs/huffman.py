@@ -3,15 +3,18 @@
 :func:`encode` turns an array of integers into a :class:`HuffmanCode`; :func:`decode` gives the
 array back exactly. Encoding is a histogram, one Huffman tree over the alphabet (a loop over
 distinct symbols, never over the stream), a lookup of a few symbols at a time in a joint table
-of left-aligned codes, and :func:`~circ.codecs.bits.place_aligned`. On streams of a few hundred
-thousand symbols the time is mostly memory traffic, so the big temporaries are reused scratch
-arrays (:func:`~circ.codecs.bits.scratch`) and most operations work in place.
+of left-aligned codes, and :func:`~circ.codecs.bits.place_aligned`. Pairs of byte symbols are
+read as the native uint16 they already are in memory, so indexing them costs no arithmetic over
+the stream. On streams of a few hundred thousand symbols the time is mostly memory traffic, so
+the big temporaries are reused scratch arrays (:func:`~circ.codecs.bits.scratch`) and most
+operations work in place.
 
 Decoding a prefix code is sequential by nature: where symbol ``i + 1`` starts depends on the
 length of symbol ``i``. The stream is therefore cut into blocks of ``block`` symbols whose
 starting bit offsets are stored (a few bytes per block, well under 1% of a stream), and the
 decoder runs every block as one lane of a vector: step ``j`` decodes the ``j``-th symbol of all
-blocks at once. The Python loop has ``block`` iterations however long the stream is.
+blocks at once. The Python loop has ``block`` iterations however long the stream is, and one
+gather of a 64-bit window per lane serves ``33 // max_len`` of them.
 
 The code is canonical (Deflate-style): it is defined by the code length of each symbol alone,
 codes of one length are consecutive integers in symbol order, and shorter codes come first.
