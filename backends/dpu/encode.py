@@ -16,7 +16,9 @@ Layout, little-endian::
     crc32 u32 of everything before it
 
 Strings are u16 length + UTF-8. Reading checks the magic, version, length and checksum before
-anything else; every problem is a one-line BackendError naming the file.
+anything else, then parses, then checks every table and instruction against the invariants
+the simulator relies on (backends/dpu/validate.py); every problem is a one-line BackendError
+naming the file.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 
 from backends.dpu.isa import LAYER_KINDS, Conv, Elew, Fc, Layer, Load, LoadW, Pool, Program, \
     Store, TensorDesc
+from backends.dpu.validate import DEFAULT_MAX_ELEMENTS, validate
 from circ.errors import BackendError
 from circ.fileio import atomic_write
 
@@ -103,12 +106,13 @@ class _Reader:
         except UnicodeDecodeError:
             raise self.corrupt("bad name") from None
 
-    def shape(self, ranks) -> tuple:
+    def shape(self, ranks, limit: int) -> tuple:
+        """Dimensions of one of ``ranks``, each >= 1, at most ``limit`` values in all."""
         (rank,) = self.unpack("<B")
         if rank not in ranks:
             raise self.corrupt(f"rank {rank}")
         dims = self.unpack(f"<{rank}I")
-        if min(dims) < 1 or int(np.prod(dims, dtype=np.float64)) > self.end:
+        if min(dims) < 1 or int(np.prod(dims, dtype=np.float64)) > limit:
             raise self.corrupt(f"shape {dims}")
         return dims
 
@@ -117,8 +121,11 @@ class _Reader:
         return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype)
 
 
-def decode(data: bytes, source: str = "<bytes>") -> Program:
-    """Parse the binary form; a BackendError naming ``source`` if it is not a valid program."""
+def decode(data: bytes, source: str = "<bytes>", *,
+           max_elements: int = DEFAULT_MAX_ELEMENTS) -> Program:
+    """Parse the binary form and :func:`~backends.dpu.validate.validate` it; a one-line
+    BackendError naming ``source`` if it is not a valid program. ``max_elements`` bounds the
+    activation values per sample (see validate)."""
     if len(data) < _HEADER.size + 4:
         raise BackendError(f"{source}: not a DPU program (truncated: {len(data)} bytes)")
     magic, version, _, length = _HEADER.unpack_from(data)
@@ -138,13 +145,19 @@ def decode(data: bytes, source: str = "<bytes>") -> Program:
     program = Program()
     for _ in range(reader.unpack("<I")[0]):
         name = reader.string()
-        shape = reader.shape((1, 3))
+        # activations are not stored: bounded by the limit, not by the file's length
+        shape = reader.shape((1, 3), max_elements)
         exp, signed = reader.unpack("<iB")
+        if name in program.tensors:
+            raise reader.corrupt(f"two tensors named {name!r}")
         program.add_tensor(TensorDesc(name, shape, exp, bool(signed)))
     for _ in range(reader.unpack("<I")[0]):
         program.inputs.append((reader.string(), reader.string()))
     for _ in range(reader.unpack("<I")[0]):
-        program.add_layer(_read_layer(reader))
+        layer = _read_layer(reader)
+        if layer.name in program.layers:
+            raise reader.corrupt(f"two layers named {layer.name!r}")
+        program.add_layer(layer)
     for _ in range(reader.unpack("<I")[0]):
         cls = _CLASSES.get(reader.take(1)[0])
         if cls is None:
@@ -156,6 +169,7 @@ def decode(data: bytes, source: str = "<bytes>") -> Program:
         program.outputs.append((reader.string(), reader.string()))
     if reader.position != end:
         raise reader.corrupt("trailing bytes in payload")
+    validate(program, source, max_elements=max_elements)
     return program
 
 
@@ -170,7 +184,8 @@ def _read_layer(reader: _Reader) -> Layer:
     layer = Layer(name, LAYER_KINDS[kind_index], inputs, output, kernel=numbers[0:2],
                   stride=numbers[2:4], pads=numbers[4:8], groups=numbers[8], relu=bool(numbers[9]))
     if layer.kind in ("conv", "fc"):
-        shape = reader.shape((4,) if layer.kind == "conv" else (2,))
+        # weights are stored: a shape larger than the payload is damage
+        shape = reader.shape((4,) if layer.kind == "conv" else (2,), reader.end)
         layer.weights = reader.array("i1", int(np.prod(shape))).reshape(shape)
         layer.w_exp = reader.array("<i4", shape[0])
         layer.bias = reader.array("<i4", shape[0])
@@ -182,11 +197,11 @@ def write_program(program: Program, path) -> None:
     atomic_write(path, encode(program))
 
 
-def read_program(path) -> Program:
+def read_program(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Program:
     """Read a program written by :func:`write_program`; errors name ``path``."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as error:
         raise BackendError(f"{os.fspath(path)}: cannot read DPU program ({error.strerror})") from None
-    return decode(data, os.fspath(path))
+    return decode(data, os.fspath(path), max_elements=max_elements)

@@ -30,8 +30,9 @@ from typing import Mapping
 import attrs
 import numpy as np
 
-from backends.dpu.isa import (MNEMONICS, Conv, Elew, Fc, Layer, Load, LoadW, Pool, Program, Store,
+from backends.dpu.isa import (Conv, Elew, Fc, Layer, Load, LoadW, Pool, Program, Store,
                               TensorDesc)
+from backends.dpu.validate import DEFAULT_MAX_ELEMENTS, describe, validate
 from circ.errors import BackendError, DataError
 
 # Horowitz, "Computing's energy problem", ISSCC 2014 (45 nm, 0.9 V), as tabled in seeds/004:
@@ -176,19 +177,17 @@ def _as_4d(array: np.ndarray, desc: TensorDesc) -> np.ndarray:
     return array.reshape(array.shape[0], desc.shape[0], 1, 1)
 
 
-def _describe(index: int, ins) -> str:
-    fields = " ".join(f"{k}={v}" for k, v in attrs.asdict(ins).items())
-    return f"instruction {index} ({MNEMONICS[type(ins)]} {fields})"
-
-
 # ------------------------------------------------------------------ the simulator
 
 
 class Simulator:
     """Runs a DPU program on batches under a hardware :class:`Config`."""
 
-    def __init__(self, program: Program, config: Config = Config()):
+    def __init__(self, program: Program, config: Config = Config(), *,
+                 max_elements: int = DEFAULT_MAX_ELEMENTS):
         config.check()
+        # every invariant the instruction functions rely on, before anything is allocated
+        validate(program, "dpu", config, max_elements=max_elements)
         self.program = program
         self.config = config
 
@@ -215,7 +214,7 @@ class Simulator:
             try:
                 self._execute[type(ins)](self, ins, state)
             except BackendError as error:
-                raise BackendError(f"dpu: {_describe(index, ins)}: {error}") from None
+                raise BackendError(f"dpu: {describe(index, ins)}: {error}") from None
         outputs = {}
         for name, tensor in program.outputs:
             desc = program.tensors[tensor]
