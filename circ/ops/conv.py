@@ -3,15 +3,21 @@
 Also home of the sliding-window geometry (pads, auto_pad, strides, dilations, ceil_mode) that
 the pooling ops share, so Conv and MaxPool agree on every output size.
 
-Kernels, fastest case first (all in the input's dtype, float32 stays float32):
+Conv kernels, fastest case first (all in the input's dtype, float32 stays float32):
 
-- 1x1 convs: a strided slice and one matmul, no im2col.
 - Depthwise convs (one input channel per group): a sum over kernel taps of shifted slices times
   per-channel weights, so memory stays at the size of the output. With one stride on all
   axes the slices are taken from the flattened image, one long slice per tap.
-- Everything else: im2col as a strided view (``as_strided``), copied once into a
-  ``(batch, groups, channels*taps, pixels)`` matrix and multiplied by the weights in one
-  batched matmul, so BLAS does the work.
+- 1x1 convs on an input in (N, C, spatial...) memory order: a strided slice and one matmul
+  per batch item, no im2col.
+- Everything else: im2col with one GEMM per chunk of the batch (see the section below):
+  the windows are copied into a column matrix, channels last or channels first, whichever
+  copies in longer runs, and multiplied by the weights with the bias folded in. The output
+  is (N, spatial..., C) memory returned as an (N, C, spatial...) view, which the next conv
+  reads without a copy (1x1 convs read it in place).
+
+The Conv gradient builds the same column matrices: the weight's gradient is one GEMM per
+chunk, the input's a GEMM and a scatter-add of each kernel tap's slice (no ``np.add.at``).
 """
 
 from __future__ import annotations
@@ -280,7 +286,9 @@ def _pointwise(padded, w, win, group):
 #   Relu, BatchNormalization, Add, which keep their input's memory order) needs no copy.
 # - channels first: rows (channels, taps), columns (batch, pixels); a run is one output row
 #   of the input (``out_width`` values at stride 1). Better for few input channels, such as
-#   a first layer on a grey or RGB image at stride 1.
+#   a first layer on a grey or RGB image at stride 1, and when there are fewer output pixels
+#   than output channels (the weights are used as stored; see _prefers_channels_last).
+#   Without groups the GEMM is ordered to write channels-last output too.
 
 # Bytes of column matrix built at once: large enough that BLAS runs near full speed on two
 # threads, small enough that a VGG layer at batch 8 needs megabytes, not gigabytes.
