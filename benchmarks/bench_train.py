@@ -136,7 +136,8 @@ def profile(x, y) -> str:
         total, _, _ = time_circ(x, y)
     finally:
         autodiff.Tape.run_node, autodiff.Tape.gradient_of = run_node, gradient_of
-    rows = [[f"{s:.3f}", f"{100 * s / total:.1f}%", f"{kind} {op}"] for (kind, op), s in seconds.most_common()]
+    rows = [[f"{s:.3f}", f"{100 * s / total:.1f}%", f"{kind} {op}"]
+            for (kind, op), s in seconds.most_common()]
     other = total - sum(seconds.values())
     rows.append([f"{other:.3f}", f"{100 * other / total:.1f}%", "trainer (loss, optimizer, batches, tape)"])
     rows.append([f"{total:.3f}", "100.0%", "total"])

@@ -307,7 +307,8 @@ def _root_const(value: Optional[Value]) -> Optional[Value]:
     return value
 
 
-def trainable_parameters(graph: Graph, *, freeze_bn: bool = False) -> tuple[list[Parameter], list[tuple[Value, str]]]:
+def trainable_parameters(graph: Graph, *, freeze_bn: bool = False
+                         ) -> tuple[list[Parameter], list[tuple[Value, str]]]:
     """Parameters for :func:`trainable_values`, and ``(value, reason)`` for those that cannot
     train (an entropy-coded tensor, say)."""
     params, frozen = [], []
@@ -452,10 +453,11 @@ class _LogitsReader(Interpreter):
         return self.values[id(self.logits)]
 
 
-def fit(graph: Graph, x: Feeds, y: np.ndarray, config: TrainConfig = TrainConfig(), *,
+def fit(graph: Graph, x: Feeds, y: np.ndarray, config: Optional[TrainConfig] = None, *,
         teacher: Optional[Graph] = None, val: Optional[tuple] = None) -> list[EpochRecord]:
     """Train ``graph``'s weights in place on ``x`` (input name -> array, samples on axis 0; a
-    bare array for a one-input graph) and class labels ``y``; one record per epoch.
+    bare array for a one-input graph) and class labels ``y`` with ``config`` (default
+    ``TrainConfig()``); one record per epoch.
 
     With ``config.distill > 0`` the teacher's logits (``teacher``, default: ``graph`` as it is
     before training) give soft targets. ``val = (x_val, y_val)`` adds validation accuracy to
@@ -464,6 +466,7 @@ def fit(graph: Graph, x: Feeds, y: np.ndarray, config: TrainConfig = TrainConfig
     statistics shared with other values get constants of their own
     (:func:`untie_running_statistics`).
     """
+    config = TrainConfig() if config is None else config
     config.check()
     feeds, labels = _inputs(graph, x, y, "training data")
     total = len(labels)

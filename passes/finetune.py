@@ -60,7 +60,8 @@ class Finetune(Pass):
     name = "finetune"
     exact = False
 
-    epochs: int = attrs.field(default=1, validator=_non_negative, metadata={"help": "passes over the training data"})
+    epochs: int = attrs.field(default=1, validator=_non_negative, metadata={
+        "help": "passes over the training data"})
     lr: float = attrs.field(default=0.01, validator=_positive, metadata={"help": "learning rate"})
     batch: int = attrs.field(default=64, validator=_positive, metadata={"help": "samples per step"})
     optimizer: Literal["sgd", "adam"] = attrs.field(default="sgd", metadata={
@@ -100,7 +101,8 @@ class Finetune(Pass):
         details: dict = {}
         if self.distill > 0:
             teacher = ctx.original
-            details["teacher"] = "the input model" if teacher is not None else "the model as finetune found it"
+            details["teacher"] = ("the input model" if teacher is not None
+                                  else "the model as finetune found it")
         if ctx.val is not None:
             details["val_accuracy_before"] = accuracy(graph, *ctx.val)
         rewired = 0 if self.freeze_bn else untie_running_statistics(graph)
