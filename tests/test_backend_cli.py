@@ -175,7 +175,7 @@ def test_errors_are_one_line(files, capsys, tmp_path):
     one_line_error(opt.main, ["--target=eie", mlp, "-o", tmp_path / "x.eie"], capsys,
                    "Gemm node 'fc0'")
     one_line_error(run.main, [mlp, "--input", files["mlp_in"], "--stats"], capsys,
-                   "--stats and --asm are for backend programs")
+                   "--stats, --asm and --target-options are for backend programs")
     one_line_error(run.main, [mlp], capsys, "required: --input")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -191,3 +191,65 @@ def test_errors_are_one_line(files, capsys, tmp_path):
     one_line_error(run.main, [damaged, "--input", files["mlp_in"], "-o", tmp_path / "o.npz"], capsys,
                    "bad.eie: EIE program truncated")
     assert not (tmp_path / "o.npz").exists()
+
+
+def total_row(out: str) -> list[str]:
+    """The words of the --stats table's total row (the empty kind column drops out)."""
+    return next(line.split() for line in out.splitlines() if line.startswith("total"))
+
+
+def test_target_options_change_the_simulated_hardware(files, capsys, tmp_path):
+    eie = tmp_path / "mlp.eie"
+    assert call(opt.main, [f"--passes={PIPELINE}", "--target=eie", files["mlp"], "-o", eie, "-q"],
+                capsys)[0] == 0
+    runs = {}
+    for options in (None, "fifo_depth=1", "fifo_depth=1,sram_bytes=0"):
+        out_npz = tmp_path / f"out{len(runs)}.npz"
+        argv = [eie, "--input", files["mlp_in"], "-o", out_npz, "--stats"]
+        code, out, err = call(run.main, argv + (["--target-options", options] if options else []),
+                              capsys)
+        assert code == 0, err
+        runs[options] = (total_row(out), dict(np.load(out_npz)))
+    (default, y), (shallow, y1), (no_sram, y2) = runs.values()
+    for other in (y1, y2):  # options change the cost model, never the outputs
+        np.testing.assert_array_equal(other["h2"], y["h2"])
+    # total: instructions, cycles, LB eff, reg rd, reg wr, SRAM rd, SRAM wr, DRAM rd, DRAM wr, uJ
+    assert int(shallow[2]) > int(default[2])  # a one-deep FIFO cannot hide the imbalance
+    assert float(shallow[3]) < float(default[3])
+    assert int(no_sram[8]) > int(shallow[8]) and float(no_sram[-1]) > float(shallow[-1])
+
+    dpu = tmp_path / "mlp.dpu"
+    assert call(opt.main, ["--target=dpu", "--data", files["mlp_in"], files["mlp"], "-o", dpu,
+                           "-q"], capsys)[0] == 0
+    code, out, err = call(run.main, [dpu, "--input", files["mlp_in"], "--stats"], capsys)
+    assert code == 0, err
+    default = total_row(out)
+    code, out, err = call(run.main, [dpu, "--input", files["mlp_in"], "--stats",
+                                     "--target-options", "mac_rows=4,mac_cols=4"], capsys)
+    assert code == 0, err
+    small = total_row(out)  # total: instr, MACs, cycles, compute cycles, transfer cycles, ...
+    assert small[2] == default[2] and int(small[4]) > 2 * int(default[4])
+
+
+def test_target_options_errors_are_one_line(files, capsys, tmp_path):
+    eie, dpu = tmp_path / "p.eie", tmp_path / "p.dpu"
+    assert call(opt.main, [f"--passes={PIPELINE}", "--target=eie", files["mlp"], "-o", eie, "-q"],
+                capsys)[0] == 0
+    assert call(opt.main, ["--target=dpu", "--data", files["mlp_in"], files["mlp"], "-o", dpu,
+                           "-q"], capsys)[0] == 0
+    out_npz = tmp_path / "o.npz"
+    common = ["--input", files["mlp_in"], "-o", out_npz, "--target-options"]
+    one_line_error(run.main, [eie, *common, "lanes=3"], capsys,
+                   "--target-options 'lanes=3': ")
+    one_line_error(run.main, [eie, *common, "fifo_depth=0"], capsys,
+                   "'fifo_depth' must be at least 1")
+    one_line_error(run.main, [eie, *common, "fifo_depth=deep"], capsys, "fifo_depth")
+    one_line_error(run.main, [dpu, *common, "mac_rows=0"], capsys, "'mac_rows' must be at least 1")
+    # the program's tiles were cut for 32 KB buffers: a smaller ibuf is refused before running,
+    # naming the file, the instruction and the option
+    one_line_error(run.main, [dpu, *common, "ibuf_bytes=64"], capsys, "p.dpu: ")
+    _, _, err = call(run.main, [dpu, *common, "ibuf_bytes=64"], capsys)
+    assert "instruction 0 (load " in err and "ibuf_bytes=64" in err
+    one_line_error(run.main, [files["mlp"], *common, "fifo_depth=8"], capsys,
+                   "--target-options are for backend programs")
+    assert not out_npz.exists()

@@ -340,7 +340,7 @@ def test_target_interface(cnn, calibration, tmp_path):
     summary = target.stats_dict(stats)
     assert summary["total"]["macs"] == sum(s.macs for s in stats) > 0
     assert summary["total"]["energy_pj"] == pytest.approx(sum(s.energy_pj for s in stats))
-    assert target.program_stats(program)["layers"] == 7
+    assert target.program_stats(program)["layer_count"] == 7
     with pytest.raises(circ.PipelineError):
         parse_target("dpu(mac_rows=0)")
 

@@ -67,7 +67,7 @@ class DPUTarget(Target):
     def program_stats(self, program) -> dict:
         weights = sum(layer.weights.size + 4 * layer.bias.size + 4 * layer.w_exp.size
                       for layer in program.layers.values())
-        return {"layers": len(program.layers), "instructions": len(program.instructions),
+        return {"layer_count": len(program.layers), "instructions": len(program.instructions),
                 "tensors": len(program.tensors), "weight_bytes": int(weights)}
 
     def format_stats(self, stats) -> str:

@@ -73,7 +73,8 @@ class EIETarget(Target):
         layers = program.layers
         nnz = sum(layer.nnz for layer in layers)
         storage = sum(layer.storage_bytes for layer in layers)
-        return {"instructions": len(program.instructions), "layers": len(layers),
+        # "layer_count" the number, "layers" the per-layer figures (one key each)
+        return {"instructions": len(program.instructions), "layer_count": len(layers),
                 "weights": sum(layer.rows * layer.cols for layer in layers), "nonzeros": nnz,
                 "entries": sum(layer.entries for layer in layers), "storage_bytes": storage,
                 "bytes_per_nonzero": round(storage / nnz, 4) if nnz else None,

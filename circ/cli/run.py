@@ -4,6 +4,7 @@
 
     circ-run model.onnx --input in.npz [-o out.npz] [--time] [--runs N]
     circ-run prog.eie --input in.npz [-o out.npz] [--stats] [--asm]
+    circ-run prog.eie --input in.npz --stats --target-options 'fifo_depth=8,sram_bytes=0'
     circ-run prog.dpu --asm
 
 ``in.npz`` maps input names to arrays; when the model has one input, a file holding a single
@@ -17,7 +18,10 @@ reference interpreter; other extensions are looked up among the backends' target
 --target``) run on their simulators, on the whole batch. For a program, ``--stats`` prints the
 target's per-instruction table (instructions, cycles, memory read and written by level,
 energy; load-balance efficiency for EIE) and ``--asm`` its assembly (``--input`` is then
-optional).
+optional). A program runs under its target's default options (EIE ``fifo_depth``,
+``sram_bytes``; DPU MAC array, buffer sizes, DRAM bandwidth) unless ``--target-options``
+gives others, as ``key=value`` pairs separated by commas, parsed and checked by the target's
+own option parser (:func:`backends.parse_target`, as ``circ-opt --target`` does).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import attrs
 import numpy as np
 
 from circ.cli.common import ArgumentParser, UsageError, check_writable, require_file, run_tool
-from circ.errors import DataError, ModelError
+from circ.errors import BackendError, CircError, DataError, ModelError
 
 PROG = "circ-run"
 
@@ -76,14 +80,30 @@ def register_runner(extension: str, loader: Callable[[str], Runnable]) -> None:
     RUNNERS[extension.lower()] = loader
 
 
+def configured_target(target, options: Optional[str]):
+    """``target`` with ``options`` (``"fifo_depth=8,sram_bytes=0"``) parsed by the target's
+    own option parser; the default-option target when ``options`` is None."""
+    if options is None:
+        return target
+    from backends import parse_target
+
+    try:
+        return parse_target(f"{target.name}({options})")
+    except CircError as err:
+        raise type(err)(f"--target-options {options!r}: {err}") from None
+
+
 def _load_program(path: str, target) -> Runnable:
-    """A backend program (``.eie``, ``.dpu``) on its target's simulator with default options."""
+    """A backend program (``.eie``, ``.dpu``) on its target's simulator."""
     program = target.read(path)
     runnable = Runnable(list(target.inputs(program)), lambda feeds: {}, target=target,
                         program=program)
 
     def run(feeds):
-        outputs, stats = target.run(program, feeds)
+        try:
+            outputs, stats = target.run(program, feeds)
+        except BackendError as err:  # a program that breaks the target's limits: name the file
+            raise BackendError(f"{path}: {err}") from None
         runnable.last_stats[:] = [stats]
         return outputs
 
@@ -91,7 +111,8 @@ def _load_program(path: str, target) -> Runnable:
     return runnable
 
 
-def load_runnable(path: str) -> Runnable:
+def load_runnable(path: str, target_options: Optional[str] = None) -> Runnable:
+    """What runs ``path``; ``target_options`` configure a backend program's target."""
     require_file(path, "a model", ModelError)
     extension = os.path.splitext(path)[1].lower()
     loader = RUNNERS.get(extension)
@@ -100,7 +121,7 @@ def load_runnable(path: str) -> Runnable:
 
         target = target_for_file(path)
         if target is not None:
-            return _load_program(path, target)
+            return _load_program(path, configured_target(target, target_options))
     if loader is None:
         from backends import TARGETS
 
@@ -154,6 +175,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--stats", action="store_true",
                         help="program: per instruction cycles, memory traffic by level, energy")
     parser.add_argument("--asm", action="store_true", help="program: print its assembly")
+    parser.add_argument("--target-options", metavar="K=V,...",
+                        help="program: simulate with these target options instead of the "
+                             "defaults (e.g. 'fifo_depth=8' for .eie, 'mac_rows=8' for .dpu)")
     return parser
 
 
@@ -167,10 +191,10 @@ def _body(argv: Sequence[str]) -> int:
         if args.input is None:
             raise UsageError(f"-o needs --input (see {PROG} --help)")
         check_writable(args.output, protect=[args.model, args.input])
-    runnable = load_runnable(args.model)
-    if (args.stats or args.asm) and runnable.target is None:
-        raise UsageError(f"{args.model}: --stats and --asm are for backend programs (.eie, .dpu), "
-                         "not ONNX models")
+    runnable = load_runnable(args.model, args.target_options)
+    if (args.stats or args.asm or args.target_options is not None) and runnable.target is None:
+        raise UsageError(f"{args.model}: --stats, --asm and --target-options are for backend "
+                         "programs (.eie, .dpu), not ONNX models")
     if args.asm:
         print(runnable.target.asm(runnable.program), end="")
         if args.input is None:
