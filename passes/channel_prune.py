@@ -179,6 +179,8 @@ class ChannelPrune(Pass):
         for pattern, _ in self._overrides:
             if not any(fnmatch.fnmatchcase(node.name, pattern) for g in flow.groups for node in g.producers):
                 ctx.decline(None, f"layers pattern {pattern!r} matches no layer")
+        if quantum > 1:
+            self._report_unroundable(flow, quantum, ctx)
 
         if self.target_macs is None and not self.global_:
             ratio = DEFAULT_RATIO if self.ratio is None else self.ratio
@@ -213,6 +215,17 @@ class ChannelPrune(Pass):
                               f"removable channel gone" + (f" (kept counts rounded to {quantum})"
                                                            if quantum > 1 else ""))
         return result
+
+    @staticmethod
+    def _report_unroundable(flow: ChannelFlow, quantum: int, ctx: PassContext) -> None:
+        for group in flow.groups:
+            if not group.classes:
+                continue
+            smallest = _Rounding(group, quantum).up(1)
+            if smallest is None or smallest > len(group.classes):
+                total = len(group.classes) + group.frozen
+                ctx.decline(group.producers[0], f"channels left alone: {total} channels cannot shrink to "
+                                                f"a multiple of round_to={quantum}")
 
     def _report_frozen(self, flow: ChannelFlow, ctx: PassContext) -> None:
         for group in flow.groups:

@@ -266,6 +266,14 @@ def test_rounding_in_a_group_with_frozen_channels():
     assert _Rounding(ChannelGroup([], list(range(6))), 8).nearest(4, 5) == 0  # cannot keep a multiple
 
 
+def test_groups_too_small_to_round_are_declined(model_zoo):
+    graph = load(model_zoo, "resnet8")  # 16, 32 and 64 channels
+    _, details, declines = prune(graph, "channel_prune(ratio=0.5,round_to=32)")
+    reasons = [d.reason for d in declines if "round_to" in d.reason]
+    assert "channels left alone: 16 channels cannot shrink to a multiple of round_to=32" in reasons
+    assert all(kept % 32 == 0 for _, kept in details["layers"].values())
+
+
 @given(total=st.integers(1, 80), frozen=st.integers(0, 10), quantum=st.integers(1, 16),
        data=st.data())
 def test_rounding_is_monotone_and_allowed(total, frozen, quantum, data):
