@@ -61,7 +61,9 @@ class Cluster(Pass):
        earlier Clustered tensor) keeps — are clustered by exact 1-D Lloyd's k-means
        (:mod:`circ.kmeans1d`) into ``k = 2**bits`` clusters from the ``init`` centroids:
        ``linear`` (evenly spaced between min and max; the paper's best after retraining),
-       ``density`` (evenly spaced on the CDF), ``random`` (Forgy) or ``kmeans++``.
+       ``density`` (evenly spaced on the CDF), ``random`` (Forgy) or ``kmeans++``. With
+       ``kmeans++``, layers small enough (:func:`circ.kmeans1d.exact_is_cheap`) get the
+       globally optimal clustering by dynamic programming when it beats the restarts.
     2. The codebook is the centroids rounded to the weight dtype, sorted and distinct; every
        kept weight gets the index of its nearest entry. Pruned weights get index -1 and decode
        to exactly 0, so pruning survives and zeros are not clustered.
