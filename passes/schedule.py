@@ -15,8 +15,9 @@ import attrs
 
 from circ.errors import PipelineError
 from circ.graph import Graph
-from circ.passbase import STRUCTURE, Pass, PassContext, PassResult, builtin_registry, register_pass
+from circ.passbase import STRUCTURE, Pass, PassContext, PassResult, register_pass
 from circ.weights import parse_layer_values
+from passes.finetune import Finetune
 from passes.prune import Prune
 
 def ramp_fraction(step: int, steps: int, ramp: str) -> float:
@@ -106,14 +107,14 @@ class Schedule(Pass):
         layers = ";".join(f"{pattern}:{fraction * value!r}" for pattern, value in overrides)
         return Prune(sparsity=fraction * self.sparsity, scope=self.scope, layers=layers)
 
-    def finetune_pass(self) -> Optional[Pass]:
+    def __attrs_post_init__(self):
+        self.finetune_pass()  # the training options are checked when the pipeline is parsed
+
+    def finetune_pass(self) -> Optional[Finetune]:
         """The fine-tune pass run after each round (None when ``epochs=0``)."""
         if self.epochs == 0:
             return None
-        finetune = builtin_registry().get("finetune")
-        if finetune is None:  # passes.finetune not importable: a broken installation
-            raise PipelineError("pass 'schedule' needs the 'finetune' pass, which is not registered")
-        return finetune(epochs=self.epochs, lr=self.lr, batch=self.batch, optimizer=self.optimizer,
+        return Finetune(epochs=self.epochs, lr=self.lr, batch=self.batch, optimizer=self.optimizer,
                         momentum=self.momentum, weight_decay=self.weight_decay, distill=self.distill,
                         temperature=self.temperature, freeze_bn=self.freeze_bn)
 

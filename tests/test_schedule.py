@@ -101,6 +101,8 @@ def test_distillation_asks_for_the_original_and_text_round_trips():
         parse_pipeline("schedule(steps=0)")
     with pytest.raises(Exception, match="sparsity"):
         parse_pipeline("schedule(sparsity=1.5)")
+    with pytest.raises(Exception, match="'schedule'.*'epochs'"):  # checked before anything runs
+        parse_pipeline("schedule(epochs=-1)")
 
 
 def test_user_cnn_through_circ_opt(models, split, tmp_path, capsys):
