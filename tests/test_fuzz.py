@@ -411,12 +411,9 @@ def test_resealed_container_mutations(seeds, kind, section, ops):
 @given(kind=st.sampled_from(PROGRAM_KINDS), reseal=st.booleans(), ops=byte_ops)
 def test_program_mutations(seeds, kind, reseal, ops):
     """Bad magic, version, checksum, truncation and bit flips of .eie/.dpu programs; re-sealed
-    payload damage reaches the EIE decoder and simulator. (Re-sealed DPU payloads still crash
-    the DPU simulator on tables that refer to missing tensors or impossible windows; they run
-    in benchmarks/fuzz_soak.py until backends/dpu checks its tables.)"""
+    payload damage reaches the decoders, the DPU's validation and the simulators."""
     data = seeds["bytes"][kind]
-    resealed = reseal and kind == "eie"
-    _check(kind, mutate_program(data, ops) if resealed else mutate_bytes(data, ops), seeds)
+    _check(kind, mutate_program(data, ops) if reseal else mutate_bytes(data, ops), seeds)
 
 
 @pytest.mark.parametrize("kind", PROGRAM_KINDS)

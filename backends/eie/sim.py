@@ -37,6 +37,7 @@ take no EIE cycles.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import attrs
@@ -306,7 +307,7 @@ class Simulator:
 
     def _store(self, ins: Store, state: _State, stats: LayerStats, model: bool) -> None:
         array = state.read(ins.src, ins)
-        if int(np.prod(ins.shape, dtype=np.int64)) != array.shape[1]:
+        if math.prod(ins.shape) != array.shape[1]:  # exact: an int64 product could wrap
             raise BackendError(f"eie: Store {ins.name!r}: buffer {ins.src!r} holds {array.shape[1]} "
                                f"values per sample, not shape {ins.shape}")
         state.outputs[ins.name] = array.reshape((array.shape[0],) + ins.shape)
@@ -408,9 +409,9 @@ class Simulator:
                 Pool: _pool}
 
 
-def _check_size(elements: int, ins) -> None:
+def _check_size(elements: int, ins, what: str = "output") -> None:
     if elements > MAX_BUFFER_ELEMENTS:
-        raise BackendError(f"eie: {_describe(ins)}: its output would hold {elements} values "
+        raise BackendError(f"eie: {_describe(ins)}: its {what} would hold {elements} values "
                            f"(limit {MAX_BUFFER_ELEMENTS})")
 
 
@@ -421,6 +422,10 @@ def _images(buffer: np.ndarray, window: Window, ins) -> np.ndarray:
     if buffer.shape[1] != window.channels * window.height * window.width:
         raise BackendError(f"eie: {_describe(ins)}: input has {buffer.shape[1]} values per sample, "
                            f"not {window.channels}x{window.height}x{window.width}")
+    # pads below the dilated window's extent can still be huge (dilation is a u32 of the file)
+    top, left, bottom, right = window.pads
+    _check_size(buffer.shape[0] * window.channels * (window.height + top + bottom)
+                * (window.width + left + right), ins, "padded input")
     return buffer.reshape(buffer.shape[0], window.channels, window.height, window.width)
 
 
