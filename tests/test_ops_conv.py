@@ -252,7 +252,8 @@ def _channels_last_copy(x):
 def test_conv_layouts_and_chunks_match_torch(monkeypatch, x_shape, w_shape, attributes, columns):
     from circ.ops import conv
 
-    monkeypatch.setattr(conv, "_prefers_channels_last", lambda *args: columns == "channels_last")
+    for choice in ("_prefers_channels_last", "_gradient_prefers_channels_last"):
+        monkeypatch.setattr(conv, choice, lambda *args: columns == "channels_last")
     x = rng.standard_normal(x_shape)
     w = rng.standard_normal(w_shape)
     bias = rng.standard_normal(w_shape[0])
@@ -272,16 +273,22 @@ def test_conv_layouts_and_chunks_match_torch(monkeypatch, x_shape, w_shape, attr
 
 def test_conv_prefers_long_copy_runs():
     """LeNet's layers: one input channel reads output rows (channels first); twenty read
-    kernel rows of all channels (channels last)."""
-    from circ.ops.conv import _prefers_channels_last, window
+    kernel rows of all channels (channels last). A strided RGB stem copies its columns
+    channels last but scatters its input's gradient channels first."""
+    from circ.ops.conv import _gradient_prefers_channels_last, _prefers_channels_last, window
 
     lenet1 = (np.empty((64, 1, 28, 28)), np.empty((20, 1, 5, 5)))
     lenet2 = (np.empty((64, 20, 12, 12)), np.empty((50, 20, 5, 5)))
     node = _Node({})
     assert not _prefers_channels_last(*lenet1, window(node, (28, 28), (5, 5)), 1)
     assert _prefers_channels_last(*lenet2, window(node, (12, 12), (5, 5)), 1)
+    assert _gradient_prefers_channels_last(*lenet2, window(node, (12, 12), (5, 5)), 1)
     late_resnet = (np.empty((1, 512, 7, 7)), np.empty((512, 512, 3, 3)))  # 49 pixels < 512 outputs
     assert not _prefers_channels_last(*late_resnet, window(_Node({"pads": [1] * 4}), (7, 7), (3, 3)), 1)
+    stem = (np.empty((8, 3, 224, 224)), np.empty((64, 3, 7, 7)))
+    stem_window = window(_Node({"pads": [3] * 4, "strides": [2, 2]}), (224, 224), (7, 7))
+    assert _prefers_channels_last(*stem, stem_window, 1)  # 21-element window rows
+    assert not _gradient_prefers_channels_last(*stem, stem_window, 1)  # 3-element scatter runs
 
 
 def test_conv_float32_lenet_layers_match_torch():

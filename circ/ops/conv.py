@@ -338,6 +338,16 @@ def _prefers_channels_last(x, w, win: Window, group: int) -> bool:
     return last_run >= first_run
 
 
+def _gradient_prefers_channels_last(x, w, win: Window, group: int) -> bool:
+    """:func:`_prefers_channels_last`, and the scatter of the input's gradient also runs
+    longer channels last: its runs are ``channels`` long there (``out_width * channels`` at
+    stride 1), ``out_width`` channels first. A strided stem on an RGB image (3-element runs)
+    scatters channels first."""
+    width = win.out_dims[-1]
+    last_run = w.shape[1] * (width if group == 1 and win.strides[-1] == 1 else 1)
+    return _prefers_channels_last(x, w, win, group) and last_run >= width
+
+
 def _fitted_ends(in_dims, win: Window) -> list:
     """End pads so that every window of ``win`` lies inside the padded input (ceil_mode may
     need more than the pads ask for)."""
@@ -509,6 +519,13 @@ def _conv_channels_first(x, w, win: Window, group: int, bias):
     return out.reshape((batch, out_channels) + win.out_dims)
 
 
+def _windows_disjoint(win: Window) -> bool:
+    """Whether no input element is in two windows (each stride at least the window's
+    extent, as in 1x1 convs and patch embeddings): the gradient's scatter then writes each
+    element once and can assign instead of add."""
+    return all(s >= e for s, e in zip(win.strides, win.effective_kernel))
+
+
 @gradient("Conv")
 def _conv_grad(node, inputs, outputs, grad_outputs):
     """Gradients of Conv through the same column matrices as the forward kernel, chunk by
@@ -522,7 +539,7 @@ def _conv_grad(node, inputs, outputs, grad_outputs):
     group = int(node.attrs.get("group", 1))
     w = w.astype(x.dtype, copy=False)
     grad = grad.astype(x.dtype, copy=False)
-    if _prefers_channels_last(x, w, win, group):
+    if _gradient_prefers_channels_last(x, w, win, group):
         grad_x, grad_w = _grad_channels_last(x, w, win, group, grad)
     else:
         grad_x, grad_w = _grad_channels_first(x, w, win, group, grad)
@@ -537,6 +554,7 @@ def _grad_channels_last(x, w, win: Window, group: int, grad):
     grad_weights = np.zeros_like(plan.weights)  # (G, Cog, depth)
     grad_padded = np.zeros(plan.padded.shape, dtype=x.dtype)  # (N, padded..., C)
     taps = list(itertools.product(*(range(k) for k in win.kernel)))
+    disjoint = _windows_disjoint(win)
     # (G, 1, Cog, taps * Cg) -> per tap (G, taps, Cog, Cg): the gradient of the columns
     # comes out tap by tap, so each tap's piece is contiguous for the scatter below
     by_tap = plan.weights.reshape(group, plan.out_per_group, len(taps), plan.per_group)
@@ -556,7 +574,10 @@ def _grad_channels_last(x, w, win: Window, group: int, grad):
                 for t, d, s, o, start in zip(tap, win.dilations, win.strides, dims[1:],
                                              (r0,) + (0,) * (rank - 1)))
             piece = np.moveaxis(grad_cols[:, index], 0, -2)  # (m, G, Cg)
-            grad_padded[target] += piece.reshape(dims + (channels,))
+            if disjoint:
+                grad_padded[target] = piece.reshape(dims + (channels,))
+            else:
+                grad_padded[target] += piece.reshape(dims + (channels,))
     grad_x = np.moveaxis(grad_padded[(slice(None),) + plan.inner], -1, 1)
     grad_w = grad_weights.reshape(w.shape[0], len(taps), plan.per_group).transpose(0, 2, 1)
     return grad_x, np.ascontiguousarray(grad_w).reshape(w.shape)
@@ -569,6 +590,7 @@ def _grad_channels_first(x, w, win: Window, group: int, grad):
     grad_weights = np.zeros_like(plan.weights)  # (G, Cog, depth)
     grad_padded = np.zeros(plan.padded.shape, dtype=x.dtype)  # (N, C, padded...)
     taps = list(itertools.product(*(range(k) for k in win.kernel)))
+    disjoint = _windows_disjoint(win)
     for n0, n1, r0, r1 in plan.chunks():
         cols = plan.cols(n0, n1, r0, r1)  # (G, depth, m)
         piece = grad_groups[n0:n1, :, :, r0:r1]  # (n, G, Cog, rows, out...)
@@ -583,7 +605,10 @@ def _grad_channels_first(x, w, win: Window, group: int, grad):
                 slice(t * d + start * s, t * d + (start + o - 1) * s + 1, s)
                 for t, d, s, o, start in zip(tap, win.dilations, win.strides, dims[1:],
                                              (r0,) + (0,) * (rank - 1)))
-            grad_padded[target] += np.moveaxis(grad_cols[(slice(None),) + tap], 1, 0)
+            if disjoint:
+                grad_padded[target] = np.moveaxis(grad_cols[(slice(None),) + tap], 1, 0)
+            else:
+                grad_padded[target] += np.moveaxis(grad_cols[(slice(None),) + tap], 1, 0)
     grad_x = grad_padded[(slice(None), slice(None)) + tuple(
         slice(b, b + s) for b, s in zip(win.pads_begin, x.shape[2:]))]
     return grad_x, grad_weights.reshape(w.shape)
