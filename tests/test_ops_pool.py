@@ -214,3 +214,18 @@ def test_pools_keep_a_channels_last_layout(op):
         got = kernel(node, _channels_last_copy(x))
         np.testing.assert_allclose(got, kernel(node, x), rtol=1e-6, atol=1e-6)
         assert _is_channels_last(got)
+
+
+def test_max_pool_gradient_keeps_infinities_in_place():
+    """An infinite gradient goes to its window's maximum and nowhere else (a multiply by a
+    0/1 mask would spread NaN over the window)."""
+    from circ.ops.pool import _max_pool, _max_pool_grad
+
+    x = rng.standard_normal((1, 2, 4, 4))
+    node = _Node({"kernel_shape": [2, 2], "strides": [2, 2]})
+    out = _max_pool(node, x)
+    grad = rng.standard_normal(out.shape)
+    grad[0, 1, 1, 0] = np.inf
+    (got,) = _max_pool_grad(node, [x], [out], [grad])
+    np.testing.assert_array_equal(got, _max_pool_grad_by_loops(x, grad, (2, 2), (2, 2), (0, 0)))
+    assert np.isinf(got).sum() == 1 and not np.isnan(got).any()

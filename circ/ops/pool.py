@@ -129,9 +129,9 @@ def _scatter_taps(x, win: Window, per_tap) -> np.ndarray:
 @gradient("MaxPool")
 def _max_pool_grad(node, inputs, outputs, grad_outputs):
     """Each window's gradient goes to its first maximum (the element the forward pass picked
-    under ties, as in PyTorch). The maxima are the forward output, so each tap's share is
-    found by comparing its slice with the output, in tap order, skipping windows an earlier
-    tap already took; no argmax over a window view is needed. (A window whose maximum is
+    under ties, as in PyTorch). The maxima are the forward output, so each tap finds its
+    windows by comparing its slice with the output, in tap order, skipping windows an
+    earlier tap took; no argmax over a window view is needed. (A window whose maximum is
     NaN passes no gradient.)"""
     x, grad = inputs[0], grad_outputs[0]
     maxima = outputs[0]
@@ -143,21 +143,31 @@ def _max_pool_grad(node, inputs, outputs, grad_outputs):
     # windows that share no input element (stride at least the window's extent) each write
     # their own slice; otherwise the taps' shares add up
     disjoint = all(s >= e for s, e in zip(win.strides, win.effective_kernel))
-    taken = None
+    finite = bool(np.isfinite(grad).all()) if grad.dtype.kind == "f" else True
     hit = np.empty(maxima.shape, dtype=bool)
-    share = np.empty(maxima.shape, dtype=grad.dtype)
-    for tap in itertools.product(*(range(k) for k in win.kernel)):
+    free = None  # windows no earlier tap has taken (None: all of them)
+    taps = list(itertools.product(*(range(k) for k in win.kernel)))
+    for index, tap in enumerate(taps):
         where = tap_slices(win, tap)
         np.equal(padded[where], maxima, out=hit)
-        if taken is None:
-            taken = hit.copy()
+        if free is None:
+            free = ~hit
         else:
-            hit &= ~taken
-            taken |= hit
-        if disjoint:
+            hit &= free
+            if index + 1 < len(taps):
+                free ^= hit  # hit is within free: this clears the windows just taken
+        # A multiply by the mask is the fastest way to pick (masked copies mispredict on a
+        # random mask), and exact unless the gradient has inf or NaN (0 * inf is NaN).
+        if not finite:
+            share = np.where(hit, grad, 0)
+        elif disjoint:
             np.multiply(grad, hit, out=grad_padded[where])
+            continue
         else:
-            np.multiply(grad, hit, out=share)
+            share = grad * hit
+        if disjoint:
+            grad_padded[where] = share
+        else:
             grad_padded[where] += share
     return [grad_padded[(slice(None), slice(None)) + tuple(
         slice(b, b + s) for b, s in zip(win.pads_begin, x.shape[2:]))]]
