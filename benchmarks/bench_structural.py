@@ -1,6 +1,7 @@
 """Structural passes: what they buy in onnxruntime, and what they cost to run.
 
-    python benchmarks/bench_structural.py [--runs 30] [--repeats 3] [--workdir DIR] [--parts channel_prune,torch_pruning]
+    python benchmarks/bench_structural.py [--runs 20] [--repeats 3] [--round-to 1,8,16,32] [--workdir DIR]
+                                          [--parts channel_prune,torch_pruning]
 
 Parts:
 
@@ -10,9 +11,12 @@ Parts:
   onnxruntime latency of the model before and after (target: speed-up >= 1.6x), with
   onnxruntime on one thread and on its default threads, all graph optimizations on (as a
   user gets them). Both models are written by circ from the same graph (after
-  ``fold_constants``), so the only difference is the pruning. The two sessions run in turns
-  (before, after, after, before, ...) so that a busy machine slows both alike; each model's
-  latency is the best of ``--repeats`` medians of ``--runs`` runs.
+  ``fold_constants``), so the only difference is the pruning. The sessions run in turns
+  (each round visits every model, in alternating order) so that a busy machine slows all
+  alike; each model's
+  latency is the best of ``--repeats`` medians of ``--runs`` runs. One row per ``round_to``
+  of ``--round-to`` (1: no rounding), all timed in the same turns; the targets are checked on
+  the pass's default (``round_to=8``).
 * ``torch_pruning``: the torch ResNet-8 of ``tests/zoo.py`` pruned to the same per-layer
   ratio (0.5, L1 norm, classifier kept) by circ's ``channel_prune`` and by Torch-Pruning
   (``pip install torch-pruning``; skipped with a note when it is missing). Both results are
@@ -36,6 +40,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import circ
 from circ.analysis.stats import graph_stats
 from circ.passmanager import PassManager
+from circ.printer import format_table
+from passes.channel_prune import DEFAULT_ROUND_TO
 
 TARGET_SPEEDUP = 1.6
 TARGET_PASS_SECONDS = 10.0
@@ -75,39 +81,53 @@ def input_feeds(graph, seed=0) -> dict:
             for v in graph.inputs}
 
 
-def bench_channel_prune(workdir: Path, runs: int, repeats: int) -> None:
+def bench_channel_prune(workdir: Path, runs: int, repeats: int, round_to: list) -> None:
     import zoo
 
     source = workdir / "light_resnet50.onnx"
     if not source.exists():
         zoo.build_light("resnet50")(workdir)
     graph = circ.optimize(circ.load(source), "fold_constants")
-    result = PassManager.from_pipeline("channel_prune(target_macs=0.5)").run(graph.copy())
-    entry = result.report["passes"][-1]
-    details = entry["details"]
-    pruned = result.graph
-    before_path, after_path = workdir / "resnet50_before.onnx", workdir / "resnet50_pruned.onnx"
+    before = graph_stats(graph)
+    before_path = workdir / "resnet50_before.onnx"
     circ.save(graph, before_path)
-    circ.save(pruned, after_path)
-    before, after = graph_stats(graph), graph_stats(pruned)
+    variants = []  # (label, path, stats, details, seconds, declines)
+    for quantum in round_to:
+        result = PassManager.from_pipeline(f"channel_prune(target_macs=0.5,round_to={quantum})").run(graph.copy())
+        entry = result.report["passes"][-1]
+        path = workdir / f"resnet50_pruned_round{quantum}.onnx"
+        circ.save(result.graph, path)
+        label = f"round_to={quantum}" + (" (default)" if quantum == DEFAULT_ROUND_TO else "")
+        variants.append((label, path, graph_stats(result.graph), entry["details"], entry["seconds"],
+                         len(result.declines)))
 
-    print(f"channel_prune on light ResNet-50 (random weights), target_macs=0.5 "
-          f"(round_to={details['round_to']}), batch 1")
-    print(f"  MACs    {before.macs / 1e9:8.3f} G -> {after.macs / 1e9:8.3f} G  ({after.macs / before.macs:.3f})")
-    print(f"  params  {before.params / 1e6:8.3f} M -> {after.params / 1e6:8.3f} M  "
-          f"({after.params / before.params:.3f})")
-    print(f"  channels removed: {details['channels_removed']} of {details['channels_total']}; "
-          f"declined groups: {len(result.declines)}")
-    seconds = entry["seconds"]
-    print(f"  pass run time {seconds:.2f} s  (target < {TARGET_PASS_SECONDS:.0f} s: "
-          f"{'met' if seconds < TARGET_PASS_SECONDS else 'NOT met'})")
+    print(f"channel_prune(target_macs=0.5) on light ResNet-50 (random weights), batch 1: "
+          f"{before.macs / 1e9:.3f} G MACs, {before.params / 1e6:.3f} M params before")
     feeds = input_feeds(graph)
-    for threads, label in ((1, "1 thread"), (0, "default threads")):
-        slow, fast = paired_latency((before_path, after_path), feeds, runs, repeats, threads)
-        speedup = slow / fast
-        verdict = "met" if speedup >= TARGET_SPEEDUP else "NOT met"
-        print(f"  onnxruntime {label:>15}: {slow * 1e3:7.1f} ms -> {fast * 1e3:7.1f} ms  "
-              f"speed-up {speedup:.2f}x (target >= {TARGET_SPEEDUP}x: {verdict})")
+    paths = [before_path] + [variant[1] for variant in variants]
+    latency = {threads: paired_latency(paths, feeds, runs, repeats, threads) for threads in (1, 0)}
+    rows = []
+    for index, (label, _, stats, details, seconds, declines) in enumerate(variants, start=1):
+        speedups = [latency[threads][0] / latency[threads][index] for threads in (1, 0)]
+        rows.append([label, f"{stats.macs / before.macs:.3f}", f"{stats.params / before.params:.3f}",
+                     f"{details['channels_removed']}/{details['channels_total']}", declines,
+                     f"{seconds:.2f}", f"{latency[1][index] * 1e3:.1f}", f"{speedups[0]:.2f}x",
+                     f"{latency[0][index] * 1e3:.1f}", f"{speedups[1]:.2f}x"])
+    rows.append(["original", "1.000", "1.000", "", "", "", f"{latency[1][0] * 1e3:.1f}", "",
+                 f"{latency[0][0] * 1e3:.1f}", ""])
+    print(format_table(["model", "MACs", "params", "removed", "declines", "pass s", "1 thread ms", "speed-up",
+                        "default ms", "speed-up"], rows))
+    for label, _, _, _, seconds, _ in variants:
+        if "default" not in label:
+            continue
+        index = 1 + [v[0] for v in variants].index(label)
+        verdicts = []
+        for threads, name in ((1, "1 thread"), (0, "default threads")):
+            speedup = latency[threads][0] / latency[threads][index]
+            verdicts.append(f"{name} {speedup:.2f}x {'met' if speedup >= TARGET_SPEEDUP else 'NOT met'}")
+        print(f"targets ({label}): speed-up >= {TARGET_SPEEDUP}x: {', '.join(verdicts)}; "
+              f"pass < {TARGET_PASS_SECONDS:.0f} s: {'met' if seconds < TARGET_PASS_SECONDS else 'NOT met'} "
+              f"({seconds:.2f} s)")
 
 
 def bench_torch_pruning(workdir: Path) -> None:
@@ -156,8 +176,10 @@ PARTS = {"channel_prune": bench_channel_prune, "torch_pruning": bench_torch_prun
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=30, help="timed onnxruntime runs per model (median)")
+    parser.add_argument("--runs", type=int, default=20, help="timed onnxruntime runs per model (median)")
     parser.add_argument("--repeats", type=int, default=3, help="medians taken per model (the best counts)")
+    parser.add_argument("--round-to", default="1,8,16,32",
+                        help="channel_prune round_to values compared (comma list; 8 is the default)")
     parser.add_argument("--workdir", type=Path, default=None, help="build and keep the models here")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of: {', '.join(PARTS)}")
     args = parser.parse_args(argv)
@@ -170,7 +192,8 @@ def main(argv=None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         for part in parts:
             if part == "channel_prune":
-                bench_channel_prune(workdir, args.runs, args.repeats)
+                bench_channel_prune(workdir, args.runs, args.repeats,
+                                    [int(v) for v in args.round_to.split(",") if v])
             else:
                 PARTS[part](workdir)
 
