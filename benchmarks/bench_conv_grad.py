@@ -34,8 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "examples")]
 
-import circ
-from circ.autodiff import Tape, backward, loss_and_gradients, logits_of, softmax_cross_entropy
+from circ.autodiff import Tape, loss_and_gradients
 
 TARGET_RATIO = 3.0
 
@@ -121,8 +120,6 @@ def time_alternately(functions: dict, args, runs: int) -> dict:
 
 def print_profile(graph, images, labels, runs: int) -> None:
     """circ's forward (per op type) and backward (per op type) time, mean of ``runs``."""
-    from circ.ops import get_op
-
     forward: dict[str, float] = {}
     backward_time: dict[str, float] = {}
 

@@ -275,7 +275,11 @@ def test_conv_prefers_long_copy_runs():
     """LeNet's layers: one input channel reads output rows (channels first); twenty read
     kernel rows of all channels (channels last). A strided RGB stem copies its columns
     channels last but scatters its input's gradient channels first."""
-    from circ.ops.conv import _gradient_prefers_channels_last, _prefers_channels_last, window
+    from circ.ops.conv import (
+        _gradient_prefers_channels_last,
+        _prefers_channels_last,
+        window,
+    )
 
     lenet1 = (np.empty((64, 1, 28, 28)), np.empty((20, 1, 5, 5)))
     lenet2 = (np.empty((64, 20, 12, 12)), np.empty((50, 20, 5, 5)))

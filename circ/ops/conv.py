@@ -585,7 +585,7 @@ def _grad_channels_last(x, w, win: Window, group: int, grad):
 
 def _grad_channels_first(x, w, win: Window, group: int, grad):
     plan = _ChannelsFirst(x, w, win, group)
-    rank, batch, channels = plan.rank, x.shape[0], x.shape[1]
+    rank, batch = plan.rank, x.shape[0]
     grad_groups = grad.reshape((batch, group, plan.out_per_group) + win.out_dims)
     grad_weights = np.zeros_like(plan.weights)  # (G, Cog, depth)
     grad_padded = np.zeros(plan.padded.shape, dtype=x.dtype)  # (N, C, padded...)

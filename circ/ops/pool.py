@@ -8,9 +8,9 @@ and memory at the size of the input.
 
 from __future__ import annotations
 
-import numpy as np
-
 import itertools
+
+import numpy as np
 
 from circ.ops.conv import Window, fit_windows, tap_slices, window, windows_view
 from circ.ops.registry import ShapeError, TensorType, gradient, kernel, shape_rule
