@@ -1,6 +1,6 @@
 """Structural passes: what they buy in onnxruntime, and what they cost to run.
 
-    python benchmarks/bench_structural.py [--runs 20] [--repeats 3] [--round-to 1,8,16,32] [--workdir DIR]
+    python benchmarks/bench_structural.py [--runs 20] [--repeats 3] [--round-to 1,8,32,auto] [--workdir DIR]
                                           [--parts channel_prune,torch_pruning]
 
 Parts:
@@ -15,8 +15,8 @@ Parts:
   (each round visits every model, in alternating order) so that a busy machine slows all
   alike; each model's
   latency is the best of ``--repeats`` medians of ``--runs`` runs. One row per ``round_to``
-  of ``--round-to`` (1: no rounding), all timed in the same turns; the targets are checked on
-  the pass's default (``round_to=8``).
+  of ``--round-to`` (1: no rounding; auto: the pass's default, 8, 16 or 32 by group size),
+  all timed in the same turns; the targets are checked on the default.
 * ``torch_pruning``: the torch ResNet-8 of ``tests/zoo.py`` pruned to the same per-layer
   ratio (0.5, L1 norm, classifier kept) by circ's ``channel_prune`` and by Torch-Pruning
   (``pip install torch-pruning``; skipped with a note when it is missing). Both results are
@@ -41,7 +41,6 @@ import circ
 from circ.analysis.stats import graph_stats
 from circ.passmanager import PassManager
 from circ.printer import format_table
-from passes.channel_prune import DEFAULT_ROUND_TO
 
 TARGET_SPEEDUP = 1.6
 TARGET_PASS_SECONDS = 10.0
@@ -93,11 +92,12 @@ def bench_channel_prune(workdir: Path, runs: int, repeats: int, round_to: list) 
     circ.save(graph, before_path)
     variants = []  # (label, path, stats, details, seconds, declines)
     for quantum in round_to:
-        result = PassManager.from_pipeline(f"channel_prune(target_macs=0.5,round_to={quantum})").run(graph.copy())
+        option = "" if quantum == "auto" else f",round_to={quantum}"
+        result = PassManager.from_pipeline(f"channel_prune(target_macs=0.5{option})").run(graph.copy())
         entry = result.report["passes"][-1]
         path = workdir / f"resnet50_pruned_round{quantum}.onnx"
         circ.save(result.graph, path)
-        label = f"round_to={quantum}" + (" (default)" if quantum == DEFAULT_ROUND_TO else "")
+        label = "default (8/16/32)" if quantum == "auto" else f"round_to={quantum}"
         variants.append((label, path, graph_stats(result.graph), entry["details"], entry["seconds"],
                          len(result.declines)))
 
@@ -178,8 +178,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="timed onnxruntime runs per model (median)")
     parser.add_argument("--repeats", type=int, default=3, help="medians taken per model (the best counts)")
-    parser.add_argument("--round-to", default="1,8,16,32",
-                        help="channel_prune round_to values compared (comma list; 8 is the default)")
+    parser.add_argument("--round-to", default="1,8,32,auto",
+                        help="channel_prune round_to values compared (comma list; auto: the default)")
     parser.add_argument("--workdir", type=Path, default=None, help="build and keep the models here")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of: {', '.join(PARTS)}")
     args = parser.parse_args(argv)
@@ -193,7 +193,7 @@ def main(argv=None) -> None:
         for part in parts:
             if part == "channel_prune":
                 bench_channel_prune(workdir, args.runs, args.repeats,
-                                    [int(v) for v in args.round_to.split(",") if v])
+                                    [v if v == "auto" else int(v) for v in args.round_to.split(",") if v])
             else:
                 PARTS[part](workdir)
 

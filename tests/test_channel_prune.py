@@ -219,7 +219,7 @@ def kept_counts(graph) -> dict:
 def test_target_macs_rounds_kept_channels_to_eight(name, target, model_zoo):
     graph = load(model_zoo, name)
     pruned, details, _ = prune(graph, f"channel_prune(target_macs={target})")
-    assert details["round_to"] == 8
+    assert details["round_to"] == "auto"
     assert details["macs_after"] <= target * details["macs_before"]
     assert details["macs_after"] > (target - 0.15) * details["macs_before"]
     assert details["layers"]
@@ -231,6 +231,17 @@ def test_target_macs_rounds_kept_channels_to_eight(name, target, model_zoo):
     for layer, count in kept_counts(pruned).items():
         if count != before[layer] and before[layer] % 8 == 0:
             assert count % 8 == 0, (layer, count)
+
+
+def test_default_rounding_grain_grows_with_the_group(model_zoo):
+    graph = load(model_zoo, "resnet8")  # groups of 16, 32 and 64 channels
+    _, details, _ = prune(graph, "channel_prune(target_macs=0.5)")
+    grains = {16: 8, 32: 8, 64: 16}
+    assert {total for total, _ in details["layers"].values()} <= set(grains)
+    for total, kept in details["layers"].values():
+        assert kept % grains[total] == 0, (total, kept)
+    assert _Rounding(ChannelGroup([], list(range(100)), frozen=28), 0).quantum == 32
+    assert _Rounding(ChannelGroup([], list(range(127))), 0).quantum == 16
 
 
 def test_round_to_one_keeps_the_unrounded_selection(model_zoo):
