@@ -12,8 +12,10 @@ gradients of every weight and bias.
 * torch: the same weights in an ``nn.Sequential``, ``cross_entropy`` and ``backward()`` with
   ``torch.set_num_threads(--threads)``.
 
-Both sides run the same batch alternately, one untimed warm-up each, and the table gives the
-best and median of ``--runs`` runs and the ratio circ/torch of the medians. Losses and
+Both sides run the same batch, timed in three blocks per side alternating between fresh
+processes that run one side only (see :func:`time_in_processes`), each block after an
+untimed step; the table gives the best and median of ``--runs`` runs and the ratio
+circ/torch of the medians. Losses and
 gradients are compared first (float32 tolerances), so a fast wrong gradient does not count.
 ``--profile`` adds circ's forward and backward time per op type. Target (issue 7): circ no
 worse than 3x torch.
@@ -23,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,15 +110,46 @@ def check_same(graph, circ_fn, model, torch_fn, images, labels) -> None:
                 raise SystemExit(f"gradient of {name}_{part} differs from torch's")
 
 
-def time_alternately(functions: dict, args, runs: int) -> dict:
-    for fn in functions.values():
-        fn(*args)  # warm-up
-    times = {name: [] for name in functions}
-    for _ in range(runs):
-        for name, fn in functions.items():
+def time_side(side: str, batch: int, threads: int, runs: int) -> list:
+    """Seconds of ``runs`` steps of one side alone in this process, after one untimed step.
+    The circ side never imports torch, so no OpenMP pool competes with NumPy's BLAS."""
+    from build_lenet5 import build_lenet5
+
+    graph = build_lenet5(seed=0)
+    images, labels = data(batch)
+    if side == "circ":
+        step = circ_step(graph, Tape(graph))
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+        step = torch_step(torch_lenet(graph))
+    times = []
+    with blas_threads(threads):
+        step(images, labels)
+        for _ in range(runs):
             start = time.perf_counter()
-            fn(*args)
-            times[name].append(time.perf_counter() - start)
+            step(images, labels)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def time_in_processes(batch: int, threads: int, runs: int, rounds: int = 3) -> dict:
+    """``runs`` step times per side, in ``rounds`` blocks alternating between the sides,
+    each block in a fresh process running one side only. In one process the sides slow
+    each other down several times: after a torch call its OpenMP threads keep spinning
+    on the cores while NumPy's BLAS threads wait for them, and the other way round."""
+    times = {"circ": [], "torch": []}
+    per_block = max(1, -(-runs // rounds))
+    for _ in range(rounds):
+        for side in times:
+            count = min(per_block, runs - len(times[side]))
+            if count <= 0:
+                continue
+            command = [sys.executable, __file__, "--time-side", side, "--batch", str(batch),
+                       "--threads", str(threads), "--runs", str(count)]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            times[side] += json.loads(output.strip().splitlines()[-1])
     return times
 
 
@@ -160,7 +195,12 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=15, help="timed steps per side")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both sides")
     parser.add_argument("--profile", action="store_true", help="also print circ's time per op type")
+    parser.add_argument("--time-side", choices=["circ", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.time_side:  # a child process of time_in_processes
+        print(json.dumps(time_side(args.time_side, args.batch, args.threads, args.runs)))
+        return 0
 
     import torch
     from build_lenet5 import build_lenet5
@@ -169,12 +209,11 @@ def main(argv=None) -> int:
     graph = build_lenet5(seed=0)
     model = torch_lenet(graph)
     images, labels = data(args.batch)
-    circ_fn, torch_fn = circ_step(graph, Tape(graph)), torch_step(model)
     with blas_threads(args.threads):
-        check_same(graph, circ_fn, model, torch_fn, images, labels)
-        times = time_alternately({"circ": circ_fn, "torch": torch_fn}, (images, labels), args.runs)
+        check_same(graph, circ_step(graph, Tape(graph)), model, torch_step(model), images, labels)
         if args.profile:
             print_profile(graph, images, labels, args.runs)
+    times = time_in_processes(args.batch, args.threads, args.runs)
     print(f"\nLeNet-5 forward+backward, batch {args.batch}, {args.threads} threads, "
           f"{args.runs} runs; {os.cpu_count()} CPUs; numpy {np.__version__}, torch {torch.__version__}")
     print(f"{'':<8} {'best ms':>9} {'median ms':>10}")

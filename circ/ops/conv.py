@@ -519,6 +519,25 @@ def _conv_channels_first(x, w, win: Window, group: int, bias):
     return out.reshape((batch, out_channels) + win.out_dims)
 
 
+def _sum_but_channels(grad: np.ndarray) -> np.ndarray:
+    """Sum over all axes but the channels (axis 1), reading channels-last memory as rows
+    of channels (a reduction over its outer axes goes one short row at a time)."""
+    if _is_channels_last(grad):
+        return np.moveaxis(grad, 1, -1).reshape(-1, grad.shape[1]).sum(axis=0)
+    return grad.sum(axis=(0,) + tuple(range(2, grad.ndim)))
+
+
+def _tall_matmul(left, right):
+    """``left @ right`` (stacks of matrices), computed as ``(right^T @ left^T)^T`` when that
+    product has more rows than columns. The weight gradients reduce over all pixels, a long
+    inner dimension with few output rows (20 x 36864 @ 36864 x 25 for LeNet's first layer),
+    a shape for which two-threaded OpenBLAS was seen taking 10-900 ms instead of 1 ms on a
+    loaded machine; the transposed order did not show it."""
+    if left.shape[-2] >= right.shape[-1]:
+        return np.matmul(left, right)
+    return np.matmul(np.swapaxes(right, -1, -2), np.swapaxes(left, -1, -2)).swapaxes(-1, -2)
+
+
 def _windows_disjoint(win: Window) -> bool:
     """Whether no input element is in two windows (each stride at least the window's
     extent, as in 1x1 convs and patch embeddings): the gradient's scatter then writes each
@@ -543,7 +562,7 @@ def _conv_grad(node, inputs, outputs, grad_outputs):
         grad_x, grad_w = _grad_channels_last(x, w, win, group, grad)
     else:
         grad_x, grad_w = _grad_channels_first(x, w, win, group, grad)
-    grad_bias = None if bias is None else grad.sum(axis=(0,) + tuple(range(2, grad.ndim)))
+    grad_bias = None if bias is None else _sum_but_channels(grad)
     return [grad_x, grad_w, grad_bias][: len(inputs)]
 
 
@@ -555,19 +574,20 @@ def _grad_channels_last(x, w, win: Window, group: int, grad):
     grad_padded = np.zeros(plan.padded.shape, dtype=x.dtype)  # (N, padded..., C)
     taps = list(itertools.product(*(range(k) for k in win.kernel)))
     disjoint = _windows_disjoint(win)
-    # (G, 1, Cog, taps * Cg) -> per tap (G, taps, Cog, Cg): the gradient of the columns
-    # comes out tap by tap, so each tap's piece is contiguous for the scatter below
-    by_tap = plan.weights.reshape(group, plan.out_per_group, len(taps), plan.per_group)
-    by_tap = np.ascontiguousarray(by_tap.transpose(0, 2, 1, 3))
     for n0, n1, r0, r1 in plan.chunks():
         cols = plan.cols(n0, n1, r0, r1)  # (m, G, depth)
         grad_piece = grad_last[n0:n1, r0:r1].reshape(-1, group, plan.out_per_group)
         by_group = grad_piece.transpose(1, 0, 2)  # (G, m, Cog)
-        grad_weights += np.matmul(by_group.transpose(0, 2, 1), cols.transpose(1, 0, 2))
+        grad_weights += _tall_matmul(by_group.transpose(0, 2, 1), cols.transpose(1, 0, 2))
         dims = (n1 - n0, r1 - r0) + win.out_dims[1:]
+        # one GEMM for all taps (one GEMM per tap was 25 small multithreaded BLAS calls),
+        # then reordered tap-major so each tap's piece is contiguous for the scatter below
+        products = np.matmul(by_group, plan.weights)  # (G, m, taps * Cg)
         grad_cols = _scratch("grad_cols", (group, len(taps), cols.shape[0], plan.per_group),
                              x.dtype)
-        np.matmul(by_group[:, None], by_tap, out=grad_cols)
+        np.copyto(grad_cols, products.reshape(grad_cols.shape[:1] + grad_cols.shape[2:3]
+                                              + grad_cols.shape[1:2] + grad_cols.shape[3:])
+                  .transpose(0, 2, 1, 3))
         for index, tap in enumerate(taps):
             target = (slice(n0, n1),) + tuple(
                 slice(t * d + start * s, t * d + (start + o - 1) * s + 1, s)
@@ -596,7 +616,7 @@ def _grad_channels_first(x, w, win: Window, group: int, grad):
         piece = grad_groups[n0:n1, :, :, r0:r1]  # (n, G, Cog, rows, out...)
         grad_piece = np.ascontiguousarray(np.moveaxis(piece, 0, 2)).reshape(
             group, plan.out_per_group, -1)
-        grad_weights += np.matmul(grad_piece, cols.transpose(0, 2, 1))
+        grad_weights += _tall_matmul(grad_piece, cols.transpose(0, 2, 1))
         grad_cols = np.matmul(plan.weights.transpose(0, 2, 1), grad_piece)  # (G, depth, m)
         dims = (n1 - n0, r1 - r0) + win.out_dims[1:]
         grad_cols = grad_cols.reshape((group * plan.per_group,) + win.kernel + dims)
