@@ -142,14 +142,14 @@ def time_in_processes(batch: int, threads: int, runs: int, rounds: int = 3) -> d
     times = {"circ": [], "torch": []}
     per_block = max(1, -(-runs // rounds))
     for _ in range(rounds):
-        for side in times:
-            count = min(per_block, runs - len(times[side]))
+        for side, done in times.items():
+            count = min(per_block, runs - len(done))
             if count <= 0:
                 continue
             command = [sys.executable, __file__, "--time-side", side, "--batch", str(batch),
                        "--threads", str(threads), "--runs", str(count)]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            times[side] += json.loads(output.strip().splitlines()[-1])
+            done += json.loads(output.strip().splitlines()[-1])
     return times
 
 
