@@ -446,7 +446,7 @@ def _conv_channels_last(x, w, win: Window, group: int, bias):
         cols = plan.cols(n0, n1, r0, r1)
         target = out[n0:n1, r0:r1].reshape(-1, out_channels)  # contiguous: a view
         if group == 1:
-            np.matmul(cols[:, 0], plan.weights[0].T, out=target)
+            _matmul_into(target, cols[:, 0], plan.weights[0].T)
         else:
             products = np.matmul(cols.transpose(1, 0, 2), plan.weights.transpose(0, 2, 1))
             target.reshape(-1, group, plan.out_per_group)[...] = products.transpose(1, 0, 2)
@@ -510,7 +510,7 @@ def _conv_channels_first(x, w, win: Window, group: int, bias):
         out = np.empty((batch,) + win.out_dims + (out_channels,), dtype=x.dtype)
         for n0, n1, r0, r1 in plan.chunks():
             target = out[n0:n1, r0:r1].reshape(-1, out_channels)  # contiguous: a view
-            np.matmul(plan.cols(n0, n1, r0, r1)[0].T, plan.weights[0].T, out=target)
+            _matmul_into(target, plan.cols(n0, n1, r0, r1)[0].T, plan.weights[0].T)
         return np.moveaxis(out, -1, 1)
     out = np.empty((batch, group, plan.out_per_group) + win.out_dims, dtype=x.dtype)
     for n0, n1, r0, r1 in plan.chunks():
@@ -529,13 +529,25 @@ def _sum_but_channels(grad: np.ndarray) -> np.ndarray:
 
 def _tall_matmul(left, right):
     """``left @ right`` (stacks of matrices), computed as ``(right^T @ left^T)^T`` when that
-    product has more rows than columns. The weight gradients reduce over all pixels, a long
-    inner dimension with few output rows (20 x 36864 @ 36864 x 25 for LeNet's first layer),
-    a shape for which two-threaded OpenBLAS was seen taking 10-900 ms instead of 1 ms on a
-    loaded machine; the transposed order did not show it."""
+    product has more rows than columns.
+
+    On a loaded 2-core machine, two-threaded OpenBLAS often takes 10-100 times longer on a
+    product with few rows than on its transpose (64 x 800 @ 800 x 500: 35 ms against 3 ms;
+    the first weight gradient of LeNet, 20 x 36864 @ 36864 x 25, up to 900 ms against
+    1 ms); on an idle machine both orders run alike."""
     if left.shape[-2] >= right.shape[-1]:
         return np.matmul(left, right)
     return np.matmul(np.swapaxes(right, -1, -2), np.swapaxes(left, -1, -2)).swapaxes(-1, -2)
+
+
+def _matmul_into(target, left, right) -> None:
+    """``target[...] = left @ right`` for matrices, as a tall product (:func:`_tall_matmul`)
+    written straight into ``target`` when it has more rows than columns (late ResNet
+    layers at batch 1 have 49 pixels and 512 or 2048 channels: transposed there)."""
+    if target.shape[0] >= target.shape[1]:
+        np.matmul(left, right, out=target)
+    else:
+        target[...] = np.matmul(right.T, left.T).T
 
 
 def _windows_disjoint(win: Window) -> bool:
