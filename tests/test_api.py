@@ -76,7 +76,7 @@ def test_pipeline_errors_are_circ_errors(model):
         circ.load(model[0].parent / "missing.onnx")
 
 
-def test_plugin_pass_through_the_api(model, tmp_path):
+def test_plugin_pass_through_the_api(model, tmp_path, registry_snapshot):
     plugin = tmp_path / "negate.py"
     plugin.write_text(
         "import circ\n"

@@ -9,7 +9,6 @@ import pytest
 import circ
 from circ import plugins
 from circ.errors import PipelineError
-from circ.passbase import builtin_registry
 from circ.pipeline import parse_pipeline
 
 PLUGIN = '''
@@ -29,14 +28,6 @@ class {cls}(Pass):
         return PassResult(False)
 '''
 
-
-@pytest.fixture
-def registry_snapshot():
-    """Leave the global registry as it was, whatever a test registers."""
-    before = dict(builtin_registry())
-    yield
-    builtin_registry().clear()
-    builtin_registry().update(before)
 
 
 def test_builtins_are_registered():
