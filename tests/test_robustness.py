@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import circ
-from circ.errors import CircError
+from circ.errors import CircError, DataError
 from circ.onnx_export import to_model_proto
 from circ.passmanager import PassManager
 from zoo import light_model_path, randomize_weights
@@ -37,12 +37,28 @@ def test_every_registered_pass_is_covered():
     assert len(circ.passes()) >= 13
 
 
-def run_checked(graph: circ.Graph, pipeline: str, seed: int = 0):
+def labelled_data(graph: circ.Graph, samples: int = 4, seed: int = 0):
+    """Random inputs for ``graph`` (``samples`` along axis 0) and random class labels for its
+    output, as ``(arrays, labels)``: what training and accuracy-measuring passes read."""
+    rng = np.random.default_rng(seed)
+    arrays = {v.name: rng.standard_normal((samples, *v.shape[1:])).astype(np.float32)
+              for v in graph.inputs}
+    return arrays, rng.integers(0, graph.outputs[0].shape[-1], samples)
+
+
+def run_checked(graph: circ.Graph, pipeline: str, seed: int = 0, data=None):
     """Run ``pipeline`` on a copy of ``graph``; return the result graph, or None if a pass
-    refused with a CircError. Anything else propagates (and fails the test)."""
-    manager = PassManager.from_pipeline(pipeline, verify=True, seed=seed)
+    refused with a CircError. Anything else propagates (and fails the test). ``data`` is
+    ``(arrays, labels)`` for passes that train or measure accuracy, given both as training
+    and as validation data; without it such a pass must refuse, asking for --data/--val."""
+    arrays, labels = data if data is not None else (None, None)
+    manager = PassManager.from_pipeline(pipeline, verify=True, seed=seed, data=arrays,
+                                        labels=labels, val=data)
     try:
         result = manager.run(graph.copy())
+    except DataError as err:
+        assert data is None and ("--data" in str(err) or "--val" in str(err)), str(err)
+        return graph
     except CircError as err:
         # A refusal must be one readable sentence naming the pass, not a bare repr.
         assert str(err).strip()
@@ -175,7 +191,8 @@ def random_graphs(draw):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graph=random_graphs(), seed=st.integers(0, 3))
 def test_passes_on_random_graphs(graph, seed):
+    data = labelled_data(graph, seed=seed)
     for pipeline in pipelines():
-        result = run_checked(graph, pipeline, seed)
+        result = run_checked(graph, pipeline, seed, data)
         assert result is not None, f"{pipeline} raised CircError on a valid random graph"
         assert_exports(result)
