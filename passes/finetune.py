@@ -110,5 +110,18 @@ class Finetune(Pass):
             details["untied_running_statistics"] = rewired
         records = fit(graph, ctx.data, ctx.labels, config, teacher=teacher, val=ctx.val)
         details["epochs"] = [attrs.asdict(r) for r in records]
+        details["table"] = epoch_table(records, details.get("val_accuracy_before"))
         return PassResult(modified=bool(records) or bool(rewired),
                           preserved=NONE if rewired else {STRUCTURE}, details=details)
+
+
+def epoch_table(records, val_before=None) -> dict:
+    """The epochs as a table for circ-opt's summary and the HTML report (``details["table"]``)."""
+    def percent(x):
+        return "" if x is None else f"{100.0 * x:.2f}%"
+
+    rows = [["before", "", "", percent(val_before), ""]] if val_before is not None else []
+    rows += [[str(r.epoch), f"{r.loss:.4f}", percent(r.train_accuracy), percent(r.val_accuracy),
+              f"{r.seconds:.1f}"] for r in records]
+    return {"title": "finetune: loss and accuracy per epoch",
+            "headers": ["epoch", "loss", "train acc", "val acc", "seconds"], "rows": rows}
