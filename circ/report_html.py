@@ -211,12 +211,18 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
+TIMING_HEADERS = {"time", "time (s)", "seconds"}
+
+
 def _table(headers: Optional[list], rows: list, *, numeric: str = "", css_id: str = "",
            row_classes: Optional[list] = None) -> str:
     """An HTML table (no header row when ``headers`` is None); ``numeric`` has one letter per
     column, ``r`` for right-aligned numbers (default: every column but the first)."""
     width = len(headers) if headers is not None else max(len(row) for row in rows)
     numeric = numeric or "l" + "r" * (width - 1)
+    # Wall-clock cells are marked, so that a reader (and the determinism test) can tell them
+    # from the figures that must not change between runs.
+    timing = {i for i, h in enumerate(headers or ()) if str(h) in TIMING_HEADERS}
     out = [f'<table id="{css_id}">' if css_id else "<table>"]
     if headers is not None:
         out += ["<thead><tr>"] + [f"<th>{_e(h)}</th>" for h in headers] + ["</tr></thead>"]
@@ -224,8 +230,12 @@ def _table(headers: Optional[list], rows: list, *, numeric: str = "", css_id: st
     for index, row in enumerate(rows):
         css = row_classes[index] if row_classes else ""
         out.append(f'<tr class="{css}">' if css else "<tr>")
-        for cell, align in zip(row, numeric):
-            out.append(f'<td class="num">{_e(cell)}</td>' if align == "r" else f"<td>{_e(cell)}</td>")
+        for column, (cell, align) in enumerate(zip(row, numeric)):
+            classes = ["num"] if align == "r" else []
+            if column in timing or (headers is None and column > 0 and row[0] in TIMING_HEADERS):
+                classes.append("timing")
+            attr = f' class="{" ".join(classes)}"' if classes else ""
+            out.append(f"<td{attr}>{_e(cell)}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
     return "".join(out)

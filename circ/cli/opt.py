@@ -182,7 +182,8 @@ def _body(argv: Sequence[str]) -> int:
     before = graph.copy() if args.report or args.report_html else None
     result = manager.run(graph)
     report = dict(result.report, input=model, output=output)
-    program, lowering_warnings = lower_to_target(target, graph, report, data) if target else (None, [])
+    program, lowering_warnings = (lower_to_target(target, graph, report, manager.data) if target
+                                  else (None, []))
     if before is not None:  # per-layer figures and output change, for both reports
         from circ.report_html import layer_rows
 
