@@ -11,10 +11,10 @@ Parts:
   onnxruntime latency of the model before and after (target: speed-up >= 1.6x), with
   onnxruntime on one thread and on its default threads, all graph optimizations on (as a
   user gets them). Both models are written by circ from the same graph (after
-  ``fold_constants``), so the only difference is the pruning. The sessions run in turns
-  (each round visits every model, in alternating order) so that a busy machine slows all
-  alike; each model's
-  latency is the best of ``--repeats`` medians of ``--runs`` runs. One row per ``round_to``
+  ``fold_constants``), so the only difference is the pruning. Each round visits every
+  model in turn (in alternating order) so that a busy machine slows all alike, with one
+  session alive at a time (a live session's spinning pool threads would steal a core from the
+  one being timed); each model's latency is the best of ``--repeats`` medians of ``--runs`` runs. One row per ``round_to``
   of ``--round-to`` (1: no rounding; auto: the pass's default, 8, 16 or 32 by group size),
   all timed in the same turns; the targets are checked on the default.
 * ``torch_pruning``: the torch ResNet-8 of ``tests/zoo.py`` pruned to the same per-layer
@@ -57,20 +57,24 @@ def ort_session(path: Path, threads: int):
 
 
 def paired_latency(paths: tuple, feeds: dict, runs: int, repeats: int, threads: int) -> list:
-    """Best-of-``repeats`` median latency of each model, the models' runs taken in turns."""
-    sessions = [ort_session(path, threads) for path in paths]
-    for session in sessions:
-        session.run(None, feeds)  # warm-up
-    best = [float("inf")] * len(sessions)
-    for _ in range(repeats):
-        times = [[] for _ in sessions]
-        for run in range(runs):
-            order = range(len(sessions)) if run % 2 == 0 else reversed(range(len(sessions)))
-            for index in order:
+    """Best-of-``repeats`` median latency of each model. Each repeat times every model in
+    turn (the order reversed every other repeat, so drifting load hurts none of them more),
+    with one session alive at a time: onnxruntime's pool threads spin for a while after a
+    run, and a second session's spinning threads would take a core from the one being timed
+    — a cost a user running one model never pays."""
+    best = [float("inf")] * len(paths)
+    for repeat in range(repeats):
+        order = range(len(paths)) if repeat % 2 == 0 else reversed(range(len(paths)))
+        for index in order:
+            session = ort_session(paths[index], threads)
+            session.run(None, feeds)  # warm-up
+            times = []
+            for _ in range(runs):
                 start = time.perf_counter()
-                sessions[index].run(None, feeds)
-                times[index].append(time.perf_counter() - start)
-        best = [min(b, statistics.median(t)) for b, t in zip(best, times)]
+                session.run(None, feeds)
+                times.append(time.perf_counter() - start)
+            del session
+            best[index] = min(best[index], statistics.median(times))
     return best
 
 
