@@ -200,33 +200,28 @@ def test_scratch_reuse_does_not_leak_between_streams():
 
 
 @pytest.mark.parametrize("extra", [-3, -1, 0, 1, 2])
-def test_streams_around_one_encoder_step_roundtrip(extra):
-    # span 32 looks symbols up three at a time: a step of STEP // 3 * 3 symbols, so counts
-    # just below, at and above one step take different paths through the encoder
+def test_streams_around_a_block_boundary_roundtrip(extra):
+    # span 32 rounds a block of 256 down to a multiple of 3 (255): counts just below, at and above
+    # a whole number of blocks end the last block early, exactly, or open one more
     rng = np.random.default_rng(extra + 10)
-    symbols = rng.choice(32, huffman.STEP + extra, p=rng.dirichlet(np.ones(32))).astype(np.int8)
-    assert np.array_equal(huffman.decode(roundtrip(huffman.encode(symbols))), symbols)
+    symbols = rng.choice(32, 255 * 400 + extra, p=rng.dirichlet(np.ones(32))).astype(np.int8)
+    code = huffman.encode(symbols, block=256)
+    assert code.block == 255 and len(code.offsets) == -(-len(symbols) // 255) - 1
+    assert np.array_equal(huffman.decode(roundtrip(code)), symbols)
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from([20, 33, 40, 256]), st.integers(0, 999),
+@given(st.sampled_from([20, 33, 40, 256, 300]), st.integers(0, 999),
        st.sampled_from([np.uint8, np.int16, np.int32, np.uint16]), st.integers(0, 2**32 - 1))
-def test_byte_pairs_write_the_same_bytes_as_base_span_indexing(span, extra, dtype, seed):
-    # pairs of byte symbols are indexed as their native uint16 (first + 256 * second): the
-    # encoder does so when it looks two symbols up at once (span**2 <= count / 2)
+def test_the_symbol_dtype_does_not_change_the_bytes(span, extra, dtype, seed):
+    # symbols are narrowed to uint8 or uint16 before coding, whatever their dtype
     count = 2 * span * span + extra
-    assert huffman.group_size(span, 1, count) == 2
     rng = np.random.default_rng(seed)
-    lo = 0 if dtype == np.uint8 else int(rng.integers(-5, 5)) * (np.dtype(dtype).kind == "i")
-    symbols = (rng.choice(span, count, p=rng.dirichlet(np.ones(span))) + lo).astype(dtype)
-    paired = Writer()
-    huffman.encode(symbols).write(paired)
-    original = huffman._byte_pairs
-    try:
-        huffman._byte_pairs = lambda chunk, group: False
-        plain = Writer()
-        huffman.encode(symbols).write(plain)
-    finally:
-        huffman._byte_pairs = original
-    assert paired.getvalue() == plain.getvalue()
-    assert np.array_equal(huffman.decode(roundtrip(huffman.encode(symbols))), symbols)
+    symbols = rng.choice(span, count, p=rng.dirichlet(np.ones(span))) + int(rng.integers(0, 5))
+    if symbols.max() > 255 and dtype == np.uint8:
+        dtype = np.uint16
+    typed, wide = Writer(), Writer()
+    huffman.encode(symbols.astype(dtype)).write(typed)
+    huffman.encode(symbols.astype(np.int64)).write(wide)
+    assert typed.getvalue() == wide.getvalue()
+    assert np.array_equal(huffman.decode(roundtrip(huffman.encode(symbols.astype(dtype)))), symbols)

@@ -1,25 +1,19 @@
-"""Canonical Huffman coding of integer symbol streams, vectorised with NumPy.
+"""Canonical Huffman coding of integer symbol streams.
 
 :func:`encode` turns an array of integers into a :class:`HuffmanCode`; :func:`decode` gives the
 array back exactly. Encoding is a histogram, one Huffman tree over the alphabet (a loop over
-distinct symbols, never over the stream), a lookup of a few symbols at a time in a joint table
-of left-aligned codes, and :func:`~circ.codecs.bits.place_aligned`. Pairs of byte symbols are
-read as the native uint16 they already are in memory, so indexing them costs no arithmetic over
-the stream. On streams of a few hundred thousand symbols the time is mostly memory traffic, so
-the big temporaries are reused scratch arrays (:func:`~circ.codecs.bits.scratch`) and most
-operations work in place.
+distinct symbols, never over the stream), and one pass writing every symbol's code. The two
+loops over the stream, writing and reading its bits, are compiled (:mod:`circ.codecs._jit`).
 
 Decoding a prefix code is sequential by nature: where symbol ``i + 1`` starts depends on the
 length of symbol ``i``. The stream is therefore cut into blocks of ``block`` symbols whose
-starting bit offsets are stored (a few bytes per block, well under 1% of a stream), and the
-decoder runs every block as one lane of a vector: step ``j`` decodes the ``j``-th symbol of all
-blocks at once. The Python loop has ``block`` iterations however long the stream is, and one
-gather of a 64-bit window per lane serves ``33 // max_len`` of them.
+starting bit offsets are stored (a few bits per block, well under 1% of a stream): a decoder
+may start at any block, and checks that each block ends where the next one starts.
 
 The code is canonical (Deflate-style): it is defined by the code length of each symbol alone,
 codes of one length are consecutive integers in symbol order, and shorter codes come first.
 So the table stored with a stream is just the lengths, and a decoder finds the symbol for the
-next ``max_len`` bits with one binary search over the left-aligned codes.
+next ``max_len`` bits in one table of ``2**max_len`` entries.
 
 Code lengths are limited to 16 bits (as in JPEG; the decoder then needs a table of at most
 2**16 entries); when the optimal tree is deeper, it is flattened as JPEG does (Annex K.3).
@@ -34,13 +28,12 @@ from typing import Optional
 import attrs
 import numpy as np
 
-from circ.codecs import bits
+from circ.codecs import _jit, bits
 from circ.codecs.binio import FormatError, Reader, Writer
 
 MAX_CODE_LENGTH = 16  # as JPEG: the decoder's table has at most 2**16 entries
 LENGTH_BITS = 5  # width of one entry of a stored code-length table (lengths 0..31)
 MAX_ALPHABET = 1 << 16  # span of symbol values one stream may use
-STEP = 1 << 19  # symbols coded per step (bounds the encoder's reused scratch memory)
 
 
 @attrs.define(eq=False)
@@ -274,64 +267,25 @@ def entropy_bits(symbols: np.ndarray) -> float:
 
 
 def block_size(count: int) -> int:
-    """Symbols per decoding lane: the power of two at or below ``0.8 * sqrt(count)``, in 64..1024.
+    """Symbols per block: the power of two at or below ``0.8 * sqrt(count)``, in 64..1024.
 
-    The decoder loops ``block`` times over ``count / block`` lanes, so its time is about
-    ``block`` numpy steps plus work proportional to ``count``; the stored block lengths cost
-    a few bits per block (about 0.8% of a stream of 5-bit symbols at 256 per block).
+    (Chosen for an earlier decoder that ran the blocks as lanes of a vector; part of the
+    format now.) The stored block lengths cost a few bits per block (about 0.8% of a stream
+    of 5-bit symbols at 256 per block).
     """
     target = max(1, int(0.8 * math.isqrt(count)))
     return int(min(1024, max(64, 1 << (target.bit_length() - 1))))
 
 
 def group_size(span: int, max_length: int, count: int) -> int:
-    """How many consecutive symbols the encoder looks up as one joint code: as many as keep
-    the joint table within 2**16 entries (and a small fraction of the stream) and the joint
-    code within 64 bits."""
+    """The block size is rounded down to a multiple of this (part of the format: an earlier
+    encoder looked up this many symbols at a time in a joint table of at most 2**16 entries,
+    a small fraction of the stream, whose joint codes fit 64 bits)."""
     limit = max(span, min(1 << 16, count // 2))
     group = 1
     while span ** (group + 1) <= limit and (group + 1) * max_length <= 64:
         group += 1
     return group
-
-
-def _byte_pairs(chunk: np.ndarray, group: int) -> bool:
-    """Whether pairs of byte symbols are indexed as the native uint16 they are in memory,
-    ``first + 256 * second`` (no arithmetic over the stream), instead of in base ``span``."""
-    return group == 2 and chunk.dtype == np.uint8 and np.little_endian
-
-
-def _joint_table(codes: np.ndarray, lengths: np.ndarray, group: int, byte_pairs: bool = False):
-    """Left-aligned codes (``uint64``, code in the top bits) and lengths (``uint8``) of every
-    ``group``-symbol sequence, indexed in base ``len(codes)``, first symbol most significant
-    (or, for ``byte_pairs``, at ``first + 256 * second``). The tables are scratch arrays
-    (valid until the next call)."""
-    span = len(codes)
-    wide = lengths.astype(np.uint64)
-    # Entries of length 0 (a sequence with an absent symbol, never looked up, or a lone
-    # symbol's empty code) are 0: the shift in two steps avoids the undefined shift by 64.
-    single = (codes << np.uint64(1)) << (np.uint64(63) - wide)
-    if byte_pairs:  # rows: the second symbol; columns: the first, padded to 256
-        first = np.zeros(256, np.uint64)
-        first_lengths = np.zeros(256, np.uint8)
-        first[:span], first_lengths[:span] = single, lengths
-        aligned = bits.scratch("joint.aligned0", span * 256, np.uint64).reshape(span, 256)
-        np.right_shift(single[:, None], first_lengths.astype(np.uint64)[None, :], out=aligned)
-        aligned |= first[None, :]
-        sizes = bits.scratch("joint.lengths0", span * 256, np.uint8).reshape(span, 256)
-        np.add(first_lengths[None, :], lengths.astype(np.uint8)[:, None], out=sizes)
-        return aligned.reshape(-1), sizes.reshape(-1)
-    joint_aligned, joint_lengths = single, lengths.astype(np.uint8)
-    for level in range(1, group):
-        size = len(joint_aligned) * span
-        aligned = bits.scratch(f"joint.aligned{level % 2}", size, np.uint64).reshape(-1, span)
-        # (shift counts of the same dtype: a uint8 count would be cast element by element)
-        np.right_shift(single[None, :], joint_lengths.astype(np.uint64)[:, None], out=aligned)
-        aligned |= joint_aligned[:, None]
-        sizes = bits.scratch(f"joint.lengths{level % 2}", size, np.uint8).reshape(-1, span)
-        np.add(joint_lengths[:, None], lengths[None, :], out=sizes)
-        joint_aligned, joint_lengths = aligned.reshape(-1), sizes.reshape(-1)
-    return joint_aligned, joint_lengths
 
 
 def _unsigned(symbols: np.ndarray, lo: int, span: int) -> np.ndarray:
@@ -346,52 +300,9 @@ def _unsigned(symbols: np.ndarray, lo: int, span: int) -> np.ndarray:
     if lo:
         shifted = shifted - unsigned.type(lo % (1 << (8 * size)))
     narrow = np.uint8 if span <= 256 else np.uint16
-    if shifted.dtype != narrow and shifted.dtype != np.uint8:
-        shifted = shifted.astype(narrow)  # (byte symbols can be read in pairs)
+    if shifted.dtype.itemsize > np.dtype(narrow).itemsize:
+        shifted = shifted.astype(narrow)  # (the kernels are compiled for these two only)
     return shifted
-
-
-def _joint_index(chunk: np.ndarray, group: int, span: int) -> np.ndarray:
-    """Index (a scratch ``intp`` array) of each whole group of ``group`` symbols in the joint
-    table: digits of base ``span``, first symbol first."""
-    whole = len(chunk) // group * group
-    index = bits.scratch("index", whole // group, np.intp)
-    if _byte_pairs(chunk, group):
-        np.copyto(index, chunk[:whole].view(np.uint16))
-        return index
-    if group == 1:
-        np.copyto(index, chunk)
-        return index
-    np.multiply(chunk[0:whole:group], span, out=index, dtype=np.intp)
-    for k in range(1, group):
-        if k > 1:
-            index *= span
-        np.add(index, chunk[k:whole:group], out=index, dtype=np.intp)
-    return index
-
-
-def _count(shifted: np.ndarray, span: int, group: int):
-    """How often each value 0 .. span-1 occurs, and the joint indices of the last step.
-    Counting the joint indices of ``group`` symbols (a fraction as many, spread over more
-    bins) and summing the counts per position in the group is faster than counting the
-    symbols one by one."""
-    counts = np.zeros(span, np.int64)
-    for first in range(0, len(shifted), STEP // group * group):
-        chunk = shifted[first:first + STEP // group * group]
-        index = _joint_index(chunk, group, span)
-        if _byte_pairs(chunk, group):
-            joint = np.bincount(index, minlength=256 * span).reshape(span, 256)
-            counts += joint.sum(axis=0)[:span]
-            counts += joint.sum(axis=1)
-            counts += np.bincount(chunk[len(index) * group:], minlength=span)
-            continue
-        joint = np.bincount(index, minlength=span ** group)
-        for _ in range(group):  # peel off the first symbol's counts, then count the rest
-            joint = joint.reshape(span, -1)
-            counts += joint.sum(axis=1)
-            joint = joint.sum(axis=0)
-        counts += np.bincount(chunk[len(index) * group:], minlength=span)
-    return counts, index
 
 
 def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[int] = None) -> HuffmanCode:
@@ -409,53 +320,17 @@ def encode(symbols: np.ndarray, limit: int = MAX_CODE_LENGTH, block: Optional[in
     shifted = _unsigned(symbols, lo, span)
     if span == 1:
         return HuffmanCode(count, lo, np.zeros(1, np.uint8), 1, np.zeros(0, np.uint64), 0, b"")
-    # The group depends on the longest code, known only after counting, but is at most the
-    # one for 1-bit codes; a single step keeps its indices when the group stays that one.
-    first_group = group_size(span, 1, count)
-    counts, last_index = _count(shifted, span, first_group)
+    counts = _jit.count_symbols(shifted, span)
     lengths = code_lengths(counts, limit)
-    codes = canonical_codes(lengths)
     nbits = int(np.dot(counts, lengths.astype(np.int64)))
+    # (rounded as an earlier encoder needed: streams stay byte-identical)
     group = group_size(span, int(lengths.max()), count)
     block = block or block_size(count)
     if block % group:
         block = max(group, block // group * group)
-    joint_aligned, joint_lengths = _joint_table(codes, lengths, group, _byte_pairs(shifted, group))
-
-    words = np.zeros(bits.word_count(nbits, spare=1), np.uint64)
-    offsets, position = [], 0
-    step = STEP // group * group
-    for first in range(0, count, step):
-        chunk = shifted[first:first + step]
-        if count > STEP // first_group * first_group or group != first_group:
-            index = _joint_index(chunk, group, span)
-        else:  # the one step's indices, as counting left them
-            index = last_index
-        whole = len(index)
-        # One entry per whole group, then one for the (fewer than `group`) symbols left over.
-        left_over = chunk[whole * group:].tolist()
-        entries = whole + bool(left_over)
-        aligned = bits.scratch("aligned", entries, np.uint64)
-        sizes = bits.scratch("sizes", entries, np.uint8)
-        np.take(joint_aligned, index, out=aligned[:whole], mode="clip")
-        np.take(joint_lengths, index, out=sizes[:whole], mode="clip")
-        if left_over:
-            code, size = 0, 0
-            for symbol in left_over:
-                code, size = (code << int(lengths[symbol])) | int(codes[symbol]), size + int(lengths[symbol])
-            aligned[whole] = (code << (64 - size)) & ((1 << 64) - 1)
-            sizes[whole] = size
-        # Bit offsets from the step's start fit 32 bits (at most STEP * 16 of them).
-        starts = np.cumsum(sizes, dtype=np.uint32, out=bits.scratch("starts", entries, np.uint32))
-        end = position + int(starts[-1])
-        starts -= sizes
-        # Blocks start at symbols that are multiples of `block`, itself a multiple of
-        # `group`: at the start of a joint entry (or of the left-over one).
-        at = np.arange((-first) % block, len(chunk), block) // group
-        offsets.append(starts[at].astype(np.uint64) + np.uint64(position))
-        bits.place_aligned(words, aligned, starts, position)
-        position = end
-    offsets = np.concatenate(offsets)[1:]
+    words = np.empty(bits.word_count(nbits), np.uint64)
+    offsets = np.empty(-(-count // block) - 1, np.uint64)
+    _jit.write_codes(shifted, canonical_codes(lengths), lengths.astype(np.uint64), block, words, offsets)
     return HuffmanCode(count, lo, lengths, block, offsets, nbits, bits.words_to_bytes(words, nbits))
 
 
@@ -483,57 +358,17 @@ def decode(code: HuffmanCode) -> np.ndarray:
     symbol_table[:filled] = np.repeat((order + code.lo).astype(dtype), repeats)[:filled]
     length_table[:filled] = np.repeat(lengths[order], repeats)[:filled]
 
-    block, count = code.block, code.count
-    lanes = -(-count // block)
-    # 64-bit windows: window[i] holds stream bits 32*i .. 32*i+63, enough for any offset
-    # within a 32-bit word plus a 16-bit code (window << offset keeps 33 valid bits on top).
-    # Spare words: a lane that runs on past the real symbols (the last one, or any lane of a
-    # corrupt stream) stays inside the array. The big arrays are reused scratch (fresh
-    # memory costs a page fault per 4 KiB).
-    spare = 2 + block * top // 32
-    whole = len(code.data) // 4
-    halves = bits.scratch("decode.halves", whole + 1 + spare, np.uint64)
-    halves[:whole] = np.frombuffer(code.data, ">u4", count=whole)
-    halves[whole:] = 0
-    halves[whole] = int.from_bytes(code.data[4 * whole:].ljust(4, b"\0"), "big")
-    window = np.left_shift(halves[:-1], np.uint64(32), out=bits.scratch("decode.window", len(halves) - 1, np.uint64))
-    window |= halves[1:]
-    position = np.zeros(lanes, np.int64)
-    position[1:] = code.offsets
-    out = bits.scratch("decode.out", block * lanes, dtype).reshape(block, lanes)
-    last_real = count - (lanes - 1) * block  # symbols in the last lane
-    end_of_last = 0
-    drop = np.uint64(64 - top)
-    # Every lane decodes one symbol per step, in as few NumPy calls as it takes: the call
-    # overhead, not the work on a few thousand lanes, is most of the time. A window shifted
-    # to the lane's position holds at least 33 valid bits, so it serves `per_fetch` codes
-    # before the next gather. Plain fancy indexing gathers faster than np.take(out=...)
-    # (which buffers or clips every index). Shifts run on unsigned views, lookups on signed.
-    per_fetch = max(1, 33 // top)
-    length_table = length_table.astype(np.int64)  # added to positions without a cast
-    row = 0
-    while row < block:
-        window_bits = window[position >> 5]
-        window_bits <<= (position & 31).view(np.uint64)
-        for more in range(min(per_fetch, block - row) - 1, -1, -1):
-            index = (window_bits >> drop).view(np.int64)
-            out[row] = symbol_table[index]
-            length = length_table[index]
-            position += length
-            row += 1
-            if row == last_real:
-                end_of_last = int(position[-1])
-            if more:
-                window_bits <<= length.view(np.uint64)
-    ends = np.empty(lanes, np.int64)
-    ends[:-1] = code.offsets
-    ends[-1] = code.nbits
-    position[-1] = end_of_last
-    if not np.array_equal(position, ends):
+    # One zero word after the stream's last: a window read at its last bits takes two words.
+    words = np.zeros(bits.word_count(code.nbits, spare=1), np.uint64)
+    words.view(np.uint8)[:len(code.data)] = np.frombuffer(code.data, np.uint8)
+    if np.little_endian:
+        words.byteswap(inplace=True)  # the stream is big-endian words
+    out = np.empty(code.count, dtype)
+    failed = _jit.read_codes(words, code.count, code.block, code.offsets.astype(np.int64), code.nbits, top,
+                             symbol_table, length_table, out)
+    if failed >= 0:
         raise FormatError("the bitstream does not decode to the stored symbol count and offsets")
-    symbols = np.empty(lanes * block, dtype)
-    symbols.reshape(lanes, block)[...] = out.T
-    return symbols[:count]
+    return out
 
 
 def _symbol_dtype(lo: int, hi: int) -> np.dtype:
