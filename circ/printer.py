@@ -139,3 +139,14 @@ def format_count(n) -> str:
     if isinstance(n, float) and not n.is_integer():
         return f"{n:,.2f}"
     return f"{int(n):,}"
+
+
+def format_change(before, after) -> str:
+    """``before`` -> ``after`` as a signed percentage ("-89.7%"; "?" when either is unknown)."""
+    if before is None or after is None:
+        return "?"
+    if before == after:
+        return "0%"
+    if before == 0:
+        return "new"
+    return f"{100.0 * (after - before) / before:+.1f}%"

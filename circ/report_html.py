@@ -39,7 +39,7 @@ import numpy as np
 from circ.analysis.stats import MAC_OPS, graph_stats
 from circ.graph import Graph, Node
 from circ.interpreter import Interpreter
-from circ.printer import format_count
+from circ.printer import format_change, format_count
 
 HISTOGRAM_LAYERS = 4  # the largest layers get weight histograms
 COLLAPSE_NODES = 150  # graphs with more nodes (before + after) are drawn with repeated blocks collapsed
@@ -84,16 +84,6 @@ def _percent(part, whole) -> str:
     if part is None or not whole:
         return "?"
     return f"{100.0 * part / whole:.1f}%"
-
-
-def _change(before, after) -> str:
-    if before is None or after is None:
-        return "?"
-    if before == after:
-        return "0%"
-    if before == 0:
-        return "new"
-    return f"{100.0 * (after - before) / before:+.1f}%"
 
 
 # --------------------------------------------------------------------------- layer rows
@@ -265,7 +255,8 @@ def _totals_section(report: Mapping) -> str:
         if key not in before:
             continue
         show = _float if key == "bits" else _count
-        rows.append([title, show(before[key]), show(after.get(key)), _change(before[key], after.get(key))])
+        rows.append([title, show(before[key]), show(after.get(key)),
+                     format_change(before[key], after.get(key))])
     out = ["<h2>Totals</h2>", _table(["", "before", "after", "change"], rows, css_id="totals")]
     if not after.get("macs_complete", True):
         out.append('<p class="note">MACs cover only the nodes whose shapes are known.</p>')

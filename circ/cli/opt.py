@@ -260,13 +260,13 @@ SUMMARY_ROWS = [("params", "params"), ("nonzeros", "non-zeros"), ("storage_bytes
 
 def summary(report: dict) -> str:
     """The before/after table (and the declines) of a report."""
-    from circ.printer import format_count, format_table
+    from circ.printer import format_change, format_count, format_table
 
     before, after = report["stats"]["before"], report["stats"]["after"]
     rows = []
     for key, title in SUMMARY_ROWS:
         rows.append([title, format_count(before[key]), format_count(after[key]),
-                     _change(before[key], after[key])])
+                     format_change(before[key], after[key])])
     lines = [f"{report['input']} -> {report['output']}",
              f"pipeline: {report['pipeline'] or '(empty)'}",
              format_table(["", "before", "after", "change"], rows)]
@@ -342,16 +342,6 @@ def numerics_table(report: dict) -> str:
 
 def _float(x) -> str:
     return "inf" if x is None else f"{x:.3g}"
-
-
-def _change(before, after) -> str:
-    if before is None or after is None:
-        return "?"
-    if before == after:
-        return "0%"
-    if before == 0:
-        return "new"
-    return f"{100.0 * (after - before) / before:+.1f}%"
 
 
 def list_passes(registry: dict) -> str:
