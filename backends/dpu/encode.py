@@ -25,43 +25,37 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 
 import attrs
 import numpy as np
 
+from backends import framing
 from backends.dpu.isa import LAYER_KINDS, Conv, Elew, Fc, Layer, Load, LoadW, Pool, Program, \
     Store, TensorDesc
 from backends.dpu.validate import DEFAULT_MAX_ELEMENTS, validate
-from circ.errors import BackendError
 from circ.fileio import atomic_write
 
 MAGIC = b"CIRCDPU\0"
 VERSION = 1
-_HEADER = struct.Struct("<8sHHQ")
 _KINDS = {Load: 1, LoadW: 2, Conv: 3, Fc: 4, Pool: 5, Elew: 6, Store: 7}
 _CLASSES = {code: cls for cls, code in _KINDS.items()}
 
-
-def _string(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return struct.pack("<H", len(raw)) + raw
 
 
 def encode(program: Program) -> bytes:
     """The binary form of ``program``."""
     parts = [struct.pack("<I", len(program.tensors))]
     for t in program.tensors.values():
-        parts += [_string(t.name), struct.pack(f"<B{len(t.shape)}I", len(t.shape), *t.shape),
+        parts += [framing.string(t.name), struct.pack(f"<B{len(t.shape)}I", len(t.shape), *t.shape),
                   struct.pack("<iB", t.exp, int(t.signed))]
     parts.append(struct.pack("<I", len(program.inputs)))
     for name, tensor in program.inputs:
-        parts += [_string(name), _string(tensor)]
+        parts += [framing.string(name), framing.string(tensor)]
     parts.append(struct.pack("<I", len(program.layers)))
     for layer in program.layers.values():
-        parts += [_string(layer.name), struct.pack("<BB", LAYER_KINDS.index(layer.kind),
+        parts += [framing.string(layer.name), struct.pack("<BB", LAYER_KINDS.index(layer.kind),
                                                    len(layer.inputs))]
-        parts += [_string(name) for name in layer.inputs] + [_string(layer.output)]
+        parts += [framing.string(name) for name in layer.inputs] + [framing.string(layer.output)]
         parts.append(struct.pack("<8HIB", *layer.kernel, *layer.stride, *layer.pads,
                                  layer.groups, int(layer.relu)))
         if layer.kind in ("conv", "fc"):
@@ -73,39 +67,14 @@ def encode(program: Program) -> bytes:
     for ins in program.instructions:
         parts.append(bytes([_KINDS[type(ins)]]))
         for value in attrs.astuple(ins):
-            parts.append(_string(value) if isinstance(value, str) else struct.pack("<I", value))
+            parts.append(framing.string(value) if isinstance(value, str) else struct.pack("<I", value))
     parts.append(struct.pack("<I", len(program.outputs)))
     for name, tensor in program.outputs:
-        parts += [_string(name), _string(tensor)]
-    payload = b"".join(parts)
-    body = _HEADER.pack(MAGIC, VERSION, 0, len(payload)) + payload
-    return body + struct.pack("<I", zlib.crc32(body))
+        parts += [framing.string(name), framing.string(tensor)]
+    return framing.seal(MAGIC, VERSION, b"".join(parts))
 
 
-class _Reader:
-    def __init__(self, data: bytes, position: int, end: int, source: str):
-        self.data, self.position, self.end, self.source = data, position, end, source
-
-    def corrupt(self, what: str) -> BackendError:
-        return BackendError(f"{self.source}: corrupt DPU program ({what})")
-
-    def take(self, count: int) -> bytes:
-        if count < 0 or self.position + count > self.end:
-            raise self.corrupt(f"field past the end at byte {self.position}")
-        chunk = self.data[self.position:self.position + count]
-        self.position += count
-        return chunk
-
-    def unpack(self, fmt: str):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
-
-    def string(self) -> str:
-        (length,) = self.unpack("<H")
-        try:
-            return self.take(length).decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.corrupt("bad name") from None
-
+class _Reader(framing.Reader):
     def shape(self, ranks, limit: int) -> tuple:
         """Dimensions of one of ``ranks``, each >= 1, at most ``limit`` values in all."""
         (rank,) = self.unpack("<B")
@@ -116,9 +85,6 @@ class _Reader:
             raise self.corrupt(f"shape {dims}")
         return dims
 
-    def array(self, dtype: str, count: int) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype)
 
 
 def decode(data: bytes, source: str = "<bytes>", *,
@@ -126,22 +92,8 @@ def decode(data: bytes, source: str = "<bytes>", *,
     """Parse the binary form and :func:`~backends.dpu.validate.validate` it; a one-line
     BackendError naming ``source`` if it is not a valid program. ``max_elements`` bounds the
     activation values per sample (see validate)."""
-    if len(data) < _HEADER.size + 4:
-        raise BackendError(f"{source}: not a DPU program (truncated: {len(data)} bytes)")
-    magic, version, _, length = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise BackendError(f"{source}: not a DPU program (bad magic)")
-    if version != VERSION:
-        raise BackendError(f"{source}: DPU program format version {version}, this circ reads "
-                           f"version {VERSION}")
-    end = _HEADER.size + length
-    if len(data) != end + 4:
-        raise BackendError(f"{source}: DPU program truncated or padded ({len(data)} bytes, "
-                           f"header says {end + 4})")
-    (stored_crc,) = struct.unpack_from("<I", data, end)
-    if zlib.crc32(data[:end]) != stored_crc:
-        raise BackendError(f"{source}: DPU program checksum mismatch (file is corrupt)")
-    reader = _Reader(data, _HEADER.size, end, source)
+    start, end = framing.unseal(data, MAGIC, VERSION, "DPU", source)
+    reader = _Reader(data, start, end, source, "DPU")
     program = Program()
     for _ in range(reader.unpack("<I")[0]):
         name = reader.string()
@@ -167,8 +119,7 @@ def decode(data: bytes, source: str = "<bytes>", *,
         program.instructions.append(cls(*values))
     for _ in range(reader.unpack("<I")[0]):
         program.outputs.append((reader.string(), reader.string()))
-    if reader.position != end:
-        raise reader.corrupt("trailing bytes in payload")
+    reader.finish()
     validate(program, source, max_elements=max_elements)
     return program
 
@@ -199,9 +150,4 @@ def write_program(program: Program, path) -> None:
 
 def read_program(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Program:
     """Read a program written by :func:`write_program`; errors name ``path``."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise BackendError(f"{os.fspath(path)}: cannot read DPU program ({error.strerror})") from None
-    return decode(data, os.fspath(path), max_elements=max_elements)
+    return decode(framing.read_file(path, "DPU"), os.fspath(path), max_elements=max_elements)

@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 
 import numpy as np
 
+from backends import framing
 from backends.eie.isa import Im2Col, Load, Pool, Program, SpMV, Store, Unpatch, Window
-from circ.errors import BackendError
 
 MAGIC = b"CIRCEIE\0"
 VERSION = 2
-_HEADER = struct.Struct("<8sHHQ")
 _KIND = {Load: 1, SpMV: 2, Store: 3, Im2Col: 4, Unpatch: 5, Pool: 6}
 _POOL_KINDS = ("max", "avg")
 _WINDOW = struct.Struct("<13I")
@@ -52,10 +50,6 @@ def unpack_bits(data: bytes, count: int, bits: int) -> np.ndarray:
     return planes.astype(np.int64) @ (np.int64(1) << np.arange(bits, dtype=np.int64))
 
 
-def _string(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return struct.pack("<H", len(raw)) + raw
-
 
 def _dims(dims: tuple) -> bytes:
     return struct.pack(f"<B{len(dims)}I", len(dims), *dims)
@@ -72,56 +66,34 @@ def encode(program: Program) -> bytes:
     for ins in program.instructions:
         parts.append(bytes([_KIND[type(ins)]]))
         if isinstance(ins, Load):
-            parts += [_string(ins.name), _string(ins.dst), _dims(ins.shape)]
+            parts += [framing.string(ins.name), framing.string(ins.dst), _dims(ins.shape)]
         elif isinstance(ins, Store):
-            parts += [_string(ins.src), _string(ins.name), _dims(ins.shape)]
+            parts += [framing.string(ins.src), framing.string(ins.name), _dims(ins.shape)]
         elif isinstance(ins, Im2Col):
-            parts += [_string(ins.src), _string(ins.dst), _window(ins.window)]
+            parts += [framing.string(ins.src), framing.string(ins.dst), _window(ins.window)]
         elif isinstance(ins, Unpatch):
-            parts += [_string(ins.src), _string(ins.dst), struct.pack("<I", ins.positions)]
+            parts += [framing.string(ins.src), framing.string(ins.dst),
+                      struct.pack("<I", ins.positions)]
         elif isinstance(ins, Pool):
-            parts += [_string(ins.src), _string(ins.dst),
+            parts += [framing.string(ins.src), framing.string(ins.dst),
                       struct.pack("<BB", _POOL_KINDS.index(ins.kind), int(ins.count_include_pad)),
                       _window(ins.window)]
         else:
             pointer_type = np.uint16 if ins.pointer_bits == 16 else np.uint32
-            parts += [_string(ins.layer), _string(ins.src), _string(ins.dst),
+            parts += [framing.string(ins.layer), framing.string(ins.src), framing.string(ins.dst),
                       struct.pack("<IIIBBBBQ", ins.rows, ins.cols, ins.pes, ins.v_bits, ins.z_bits,
                                   int(ins.relu), ins.pointer_bits, ins.entries),
                       ins.codebook.astype("<f4").tobytes(), ins.bias.astype("<f4").tobytes(),
                       ins.col_ptr.astype(np.dtype(pointer_type).newbyteorder("<")).tobytes(),
                       pack_bits(ins.code, ins.v_bits), pack_bits(ins.rel, ins.z_bits)]
-    payload = b"".join(parts)
-    body = _HEADER.pack(MAGIC, VERSION, 0, len(payload)) + payload
-    return body + struct.pack("<I", zlib.crc32(body))
+    return framing.seal(MAGIC, VERSION, b"".join(parts))
 
 
-class _Reader:
-    def __init__(self, data: bytes, position: int, end: int, source: str):
-        self.data, self.position, self.end, self.source = data, position, end, source
-
-    def take(self, count: int) -> bytes:
-        if count < 0 or self.position + count > self.end:
-            raise BackendError(f"{self.source}: corrupt EIE program (field past the end at byte "
-                               f"{self.position})")
-        chunk = self.data[self.position:self.position + count]
-        self.position += count
-        return chunk
-
-    def unpack(self, fmt: str):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
-
-    def string(self) -> str:
-        (length,) = self.unpack("<H")
-        try:
-            return self.take(length).decode("utf-8")
-        except UnicodeDecodeError:
-            raise BackendError(f"{self.source}: corrupt EIE program (bad name)") from None
-
+class _Reader(framing.Reader):
     def dims(self) -> tuple:
         (rank,) = self.unpack("<B")
         if rank > MAX_RANK:
-            raise BackendError(f"{self.source}: corrupt EIE program (rank {rank})")
+            raise self.corrupt(f"rank {rank}")
         return self.unpack(f"<{rank}I")
 
     def window(self, what: str) -> Window:
@@ -129,32 +101,14 @@ class _Reader:
         window = Window(*values[:3], values[3:5], values[5:7], values[7:11], values[11:13])
         problem = window.problem()
         if problem is not None:
-            raise BackendError(f"{self.source}: corrupt EIE program ({what}: {problem})")
+            raise self.corrupt(f"{what}: {problem}")
         return window
-
-    def array(self, dtype: str, count: int) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype)
 
 
 def decode(data: bytes, source: str = "<bytes>") -> Program:
     """Parse the binary form; BackendError naming ``source`` if it is not a valid program."""
-    if len(data) < _HEADER.size + 4:
-        raise BackendError(f"{source}: not an EIE program (truncated: {len(data)} bytes)")
-    magic, version, _, length = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise BackendError(f"{source}: not an EIE program (bad magic)")
-    if version != VERSION:
-        raise BackendError(f"{source}: EIE program format version {version}, this circ reads "
-                           f"version {VERSION}")
-    end = _HEADER.size + length
-    if len(data) != end + 4:
-        raise BackendError(f"{source}: EIE program truncated or padded ({len(data)} bytes, header "
-                           f"says {end + 4})")
-    (stored_crc,) = struct.unpack_from("<I", data, end)
-    if zlib.crc32(data[:end]) != stored_crc:
-        raise BackendError(f"{source}: EIE program checksum mismatch (file is corrupt)")
-    reader = _Reader(data, _HEADER.size, end, source)
+    start, end = framing.unseal(data, MAGIC, VERSION, "EIE", source)
+    reader = _Reader(data, start, end, source, "EIE")
     (count,) = reader.unpack("<I")
     program = Program()
     for _ in range(count):
@@ -175,15 +129,14 @@ def decode(data: bytes, source: str = "<bytes>") -> Program:
             src, dst = reader.string(), reader.string()
             pool_kind, include_pad = reader.unpack("<BB")
             if pool_kind >= len(_POOL_KINDS) or include_pad > 1:
-                raise BackendError(f"{source}: corrupt EIE program (Pool kind {pool_kind})")
+                raise reader.corrupt(f"Pool kind {pool_kind}")
             program.instructions.append(Pool(src, dst, _POOL_KINDS[pool_kind],
                                              reader.window("Pool"), bool(include_pad)))
         elif kind == 2:
             program.instructions.append(_read_spmv(reader))
         else:
-            raise BackendError(f"{source}: corrupt EIE program (unknown instruction kind {kind})")
-    if reader.position != end:
-        raise BackendError(f"{source}: corrupt EIE program (trailing bytes in payload)")
+            raise reader.corrupt(f"unknown instruction kind {kind}")
+    reader.finish()
     return program
 
 
@@ -191,7 +144,7 @@ def _read_spmv(reader: _Reader) -> SpMV:
     layer, src, dst = reader.string(), reader.string(), reader.string()
     rows, cols, pes, v_bits, z_bits, relu, pointer_bits, entries = reader.unpack("<IIIBBBBQ")
     if pes < 1 or not 1 <= v_bits <= 16 or not 2 <= z_bits <= 8 or pointer_bits not in (16, 32):
-        raise BackendError(f"{reader.source}: corrupt EIE program (SpMV {layer!r} header)")
+        raise reader.corrupt(f"SpMV {layer!r} header")
     codebook = reader.array("<f4", 1 << v_bits)
     bias = reader.array("<f4", rows)
     col_ptr = reader.array("<u2" if pointer_bits == 16 else "<u4", pes * (cols + 1))
@@ -200,7 +153,7 @@ def _read_spmv(reader: _Reader) -> SpMV:
     rel = unpack_bits(reader.take((entries * z_bits + 7) // 8), entries, z_bits)
     pe_ptr = np.concatenate(([0], np.cumsum(col_ptr[:, -1])))
     if pe_ptr[-1] != entries:
-        raise BackendError(f"{reader.source}: corrupt EIE program (SpMV {layer!r} pointers)")
+        raise reader.corrupt(f"SpMV {layer!r} pointers")
     return SpMV(layer, src, dst, rows, cols, pes, v_bits, z_bits, bool(relu), codebook, bias,
                 pe_ptr, col_ptr, code, rel)
 
@@ -214,9 +167,4 @@ def write_program(program: Program, path, protect=()) -> None:
 
 def read_program(path) -> Program:
     """Read a program written by :func:`write_program`; errors name ``path``."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise BackendError(f"{os.fspath(path)}: cannot read EIE program ({error.strerror})") from None
-    return decode(data, os.fspath(path))
+    return decode(framing.read_file(path, "EIE"), os.fspath(path))

@@ -93,7 +93,7 @@ def default_output(model: str, target=None) -> str:
 def parse_output_target(text, output):
     """The configured Target of ``--target`` (or None); refuses an ``-o`` whose extension
     does not match, and a program extension without ``--target``."""
-    from backends import TARGETS, parse_target, target_class
+    from backends import TARGETS, parse_target
 
     extension = os.path.splitext(output)[1].lower() if output else ""
     if text is None:
