@@ -46,6 +46,7 @@ from backends.dpu.sim import Config
 from circ.calibrate import calibrate, grid_for_range
 from circ.errors import BackendError
 from circ.graph import Graph, Node, Value
+from circ.progress import track
 from circ.tensors import Dense, Quantized
 
 ACC_MAX = 2**31 - 1  # the int32 accumulator
@@ -141,7 +142,8 @@ class _Lowering:
             "Flatten": self.flatten, "Reshape": self.flatten, "QuantizeLinear": self.qdq,
             "Identity": self.identity, "Dropout": self.identity,
         }
-        for node in self.graph.nodes:
+        nodes = self.graph.nodes
+        for node in track(nodes, total=len(nodes), desc="dpu: lowering", unit="node"):
             if id(node) in self.consumed:
                 continue
             handler = handlers.get(node.op) if node.domain in ("", "ai.onnx") else None

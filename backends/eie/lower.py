@@ -28,6 +28,7 @@ import numpy as np
 from backends.eie.isa import Im2Col, Load, Pool, Program, SpMV, Store, Unpatch, Window
 from circ.errors import BackendError, CircError
 from circ.graph import Graph, Node
+from circ.progress import track
 from circ.tensors import Clustered
 
 DEFAULT_PES = 64
@@ -63,7 +64,7 @@ def lower(graph: Graph, *, pes: int = DEFAULT_PES, v_bits: int = DEFAULT_V_BITS,
     program = Program([Load(source.name, "a0", dims)])
     lowering = _Lowering(graph, program, pes, v_bits, z_bits, widen)
     lowering.buffers[id(source)] = ("a0", dims)
-    for node in graph.nodes:
+    for node in track(graph.nodes, total=len(graph.nodes), desc="eie: lowering", unit="node"):
         if id(node) not in lowering.fused:
             lowering.node(node)
     result = graph.outputs[0]
