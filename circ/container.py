@@ -27,6 +27,7 @@ import onnx
 from circ.codecs import bits
 from circ.codecs.binio import FormatError, Reader, Writer, count_elements
 from circ.codecs.coded import Coded
+from circ import limits
 from circ.errors import ModelError
 from circ.fileio import atomic_write
 from circ.graph import Graph
@@ -38,7 +39,7 @@ HEADER = struct.Struct("<8sHHI")  # magic, major, minor, section count; then CRC
 SECTION_HEAD = struct.Struct("<4sH")  # kind, name length; then name, u64 payload length
 END = struct.Struct("<4sQ")  # b"CEND", file length; then CRC32 of every byte before it
 CRC = struct.Struct("<I")
-DEFAULT_MAX_ELEMENTS = 1 << 30  # a decoded tensor may have at most this many elements
+DEFAULT_MAX_ELEMENTS = 1 << 30  # a decoded tensor's elements at the default limit (4 GiB of float32)
 
 GRAPH_KIND = b"GRPH"
 TENSOR_KIND = b"TNSR"
@@ -160,8 +161,12 @@ def _write_mask(out: Writer, mask: Optional[np.ndarray]) -> None:
 # ---------------------------------------------------------------------------- reading
 
 
-def load_circ(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS, infer_shapes: bool = True) -> Graph:
-    """Read a ``.circ`` file into a Graph (see the module docstring for the checks)."""
+def load_circ(path, *, max_elements: Optional[int] = None, infer_shapes: bool = True) -> Graph:
+    """Read a ``.circ`` file into a Graph (see the module docstring for the checks). A decoded
+    tensor may have at most ``max_elements`` elements (default: :mod:`circ.limits`' byte limit
+    counted in float32)."""
+    if max_elements is None:
+        max_elements = limits.max_tensor_bytes() // 4
     from circ.onnx_import import from_model_proto
 
     path = os.fspath(path)
@@ -297,7 +302,8 @@ def _read_ints(source: Reader, what: str, max_elements: int) -> np.ndarray:
         raise FormatError(f"{what}: type {dtype} at {width} bits")
     count = count_elements(shape)
     if count > max_elements:
-        raise FormatError(f"{what} of shape {shape} exceed the limit of {max_elements} elements")
+        raise FormatError(f"{what} of shape {shape} exceed the limit of {max_elements} elements "
+                          f"{limits.hint()}")
     packed = source.raw(bits.uint_bytes(count, width), what)  # checked before unpacking
     values = bits.unpack_uint(packed, count, width).astype(np.int64) + lo
     info = np.iinfo(dtype)

@@ -16,20 +16,25 @@ import os
 import struct
 import zipfile
 import zlib
+from typing import Optional
 
 import numpy as np
 
+from circ import limits
 from circ.errors import DataError
 
-DEFAULT_MAX_BYTES = 1 << 32  # 4 GiB of arrays in one file at most
+DEFAULT_MAX_BYTES = limits.DEFAULT_MAX_TENSOR_BYTES  # of arrays in one file, at the default limit
 _READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError,
                 zlib.error, struct.error, SyntaxError)
 
 
-def read_arrays(path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, np.ndarray]:
+def read_arrays(path, *, max_bytes: Optional[int] = None) -> dict[str, np.ndarray]:
     """The arrays of the ``.npz`` file ``path``, name -> array (a ``.npy`` file gives one
-    array named ``""``). Raises :class:`DataError` for anything unreadable or too large."""
+    array named ``""``). Raises :class:`DataError` for anything unreadable or too large: the
+    arrays together may hold ``max_bytes`` (default: :func:`circ.limits.max_tensor_bytes`)."""
     path = os.fspath(path)
+    if max_bytes is None:
+        max_bytes = limits.max_tensor_bytes()
     try:
         with open(path, "rb") as handle:
             if handle.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX:
@@ -67,7 +72,7 @@ def _read_npy(stream, size: int, max_bytes: int) -> np.ndarray:
     nbytes = count * dtype.itemsize
     if nbytes > max_bytes:
         raise DataError(f"an array of shape {tuple(shape)} ({nbytes} bytes) exceeds the limit "
-                        f"of {max_bytes} bytes")
+                        f"of {max_bytes} bytes {limits.hint()}")
     if nbytes > size:  # checked before the read: the header may claim far more than is there
         raise DataError(f"an array of shape {tuple(shape)} needs {nbytes} bytes but the file "
                         f"holds {size}")

@@ -45,13 +45,13 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, numpy_helper
 
-from circ import dtypes
+from circ import dtypes, limits
 from circ.errors import CircError, ModelError
 from circ.fileio import UnsafePathError, resolve_inside
 from circ.graph import Graph
 from circ.tensors import Dense
 
-DEFAULT_MAX_TENSOR_BYTES = 4 << 30
+DEFAULT_MAX_TENSOR_BYTES = limits.DEFAULT_MAX_TENSOR_BYTES
 MIN_OPSET = 7
 MIN_IR_VERSION = 3
 
@@ -83,12 +83,12 @@ _LIST_FIELDS = {
 
 
 def load_onnx(path, *, infer_shapes: bool = True,
-              max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> Graph:
+              max_tensor_bytes: Optional[int] = None) -> Graph:
     """Read the ONNX file ``path`` into a Graph.
 
     ``infer_shapes`` runs circ's shape inference after import (off: only the types the file
     declares). ``max_tensor_bytes`` refuses any tensor whose declared size exceeds it, checked
-    before anything is allocated or read.
+    before anything is allocated or read (default: :func:`circ.limits.max_tensor_bytes`).
     """
     path = os.fspath(path)
     model = _read_model(path)
@@ -98,7 +98,7 @@ def load_onnx(path, *, infer_shapes: bool = True,
 
 
 def from_model_proto(model: onnx.ModelProto, base_dir: Optional[str] = None, *,
-                     infer_shapes: bool = True, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                     infer_shapes: bool = True, max_tensor_bytes: Optional[int] = None,
                      source: Optional[str] = None, constants: Optional[dict] = None) -> Graph:
     """Convert an in-memory ``ModelProto``. ``base_dir`` is the folder external data is
     resolved against (a model with external data and no ``base_dir`` is refused);
@@ -106,6 +106,8 @@ def from_model_proto(model: onnx.ModelProto, base_dir: Optional[str] = None, *,
     initializers kept outside the proto (the ``.circ`` container): they become the graph's
     first constants, in that order, ahead of the proto's own initializers."""
     source = source or "<in-memory ONNX model>"
+    if max_tensor_bytes is None:
+        max_tensor_bytes = limits.max_tensor_bytes()
     importer = _Importer(model, base_dir, source, max_tensor_bytes)
     importer.constants = constants or {}
     try:
@@ -317,7 +319,7 @@ class _Importer:
         nbytes = count * dtype.itemsize
         if nbytes > self.max_tensor_bytes:
             raise ModelError(f"{what} declares {nbytes} bytes (shape {dims}), more than the limit "
-                             f"max_tensor_bytes={self.max_tensor_bytes}")
+                             f"of {self.max_tensor_bytes} bytes {limits.hint()}")
         if tensor.HasField("segment"):
             raise ModelError(f"{what} is a segment of a larger tensor, which is not supported")
         if tensor.data_location == TensorProto.EXTERNAL:

@@ -22,6 +22,7 @@ from typing import Optional
 import attrs
 import numpy as np
 
+from circ import limits
 from circ.codecs import huffman, sparse
 from circ.codecs.binio import FormatError, Reader, Writer, count_elements
 from circ.codecs.huffman import HuffmanCode
@@ -234,7 +235,8 @@ class Coded(Tensor):
         dims = source.shape("shape")
         size = count_elements(dims)
         if size > max_elements:
-            raise FormatError(f"shape {dims} has {size} elements, more than the limit {max_elements}")
+            raise FormatError(f"shape {dims} has {size} elements, more than the limit "
+                              f"{max_elements} {limits.hint()}")
         if kind != "dense" and index_dtype.kind not in "iu":
             raise FormatError(f"{kind} tensor with non-integer element type {index_dtype}")
         index_bits = source.u8("index bits")
