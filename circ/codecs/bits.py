@@ -13,29 +13,9 @@ the codes, never a Python loop over them.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 _U64 = np.uint64
-_SCRATCH = threading.local()
-SCRATCH_BYTES = 8 << 20  # largest array one scratch slot keeps between calls
-
-
-def scratch(name: str, size: int, dtype) -> np.ndarray:
-    """A reusable per-thread array of ``size`` elements (contents undefined), kept between
-    calls. Fresh memory costs a page fault per 4 KiB on first touch, which on small streams
-    takes longer than the coding itself. Arrays over ``SCRATCH_BYTES`` are fresh each call,
-    so a thread keeps a few tens of MiB at most.
-    """
-    dtype = np.dtype(dtype)
-    if size * dtype.itemsize > SCRATCH_BYTES:  # big streams: their own memory, not kept
-        return np.empty(size, dtype)
-    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
-    buffer = buffers.get((name, dtype))
-    if buffer is None or len(buffer) < size:
-        buffer = buffers[(name, dtype)] = np.empty(size, dtype)
-    return buffer[:size]
 
 
 def word_count(nbits: int, spare: int = 0) -> int:
@@ -65,15 +45,15 @@ def place_aligned(words: np.ndarray, aligned: np.ndarray, starts: np.ndarray, st
     its top bits, to be written from bit ``start + starts[i]``. The starts (an unsigned array)
     increase, the codes do not overlap, and the word after the last code's first word must
     exist (the code may spill into it). ``aligned`` and ``starts`` are overwritten: callers
-    pass temporaries, and the encoder's time is mostly memory traffic."""
+    pass temporaries."""
     base = start >> 6
     if start & 63:
         starts += starts.dtype.type(start & 63)
-    word = np.right_shift(starts, starts.dtype.type(6), out=scratch("place.word", len(starts), starts.dtype))
+    word = starts >> starts.dtype.type(6)
     # Codes never overlap, so adding the codes that start in one word assembles it: the
     # difference of running sums (modulo 2**64, exact) at the last code of each word. A code
     # spills into the next word only if it is the last one starting in its word.
-    step = scratch("place.step", len(word), np.bool_)
+    step = np.empty(len(word), np.bool_)
     np.not_equal(word[1:], word[:-1], out=step[:-1])
     step[-1] = True
     last = np.flatnonzero(step)
