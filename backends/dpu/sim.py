@@ -33,13 +33,9 @@ import numpy as np
 from backends.dpu.isa import (Conv, Elew, Fc, Layer, Load, LoadW, Pool, Program, Store,
                               TensorDesc)
 from backends.dpu.validate import DEFAULT_MAX_ELEMENTS, describe, validate
+from backends.energy import ENERGY_PJ
 from circ.errors import BackendError, DataError
 
-# Horowitz, "Computing's energy problem", ISSCC 2014 (45 nm, 0.9 V), as tabled in seeds/004:
-# pJ per 32-bit operation or 32-bit memory access.
-ENERGY_PJ = {
-    "int_add": 0.1, "int_mult": 3.1, "register": 1.0, "sram": 5.0, "dram": 640.0,
-}
 REGISTER_BYTES_PER_MAC = 10  # int8 input + int8 weight read, int32 accumulator read + write
 
 

@@ -43,14 +43,10 @@ from typing import Mapping
 import attrs
 import numpy as np
 
+from backends.energy import ENERGY_PJ
 from backends.eie.isa import Im2Col, Load, Pool, Program, SpMV, Store, Unpatch, Window
 from circ.errors import BackendError, DataError
 
-# Horowitz, "Computing's energy problem", ISSCC 2014 (45 nm, 0.9 V), pJ per operation on 32 bits.
-ENERGY_PJ = {
-    "int_add": 0.1, "float_add": 0.9, "register": 1.0, "int_mult": 3.1, "float_mult": 3.7,
-    "sram": 5.0, "dram": 640.0,
-}
 DEFAULT_FIFO_DEPTH = 8
 DEFAULT_SRAM_BYTES = 8 << 20  # the paper's 8 MB of on-chip SRAM (Table II)
 MAX_BUFFER_ELEMENTS = 1 << 28  # 1 GiB of float32: a larger intermediate is refused, not allocated
