@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO)]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import circ  # noqa: E402
 from backends.dpu.lower import reference_graph  # noqa: E402
@@ -54,38 +54,10 @@ def lenet5():
 
 
 def resnet():
-    """A small ResNet (3 residual blocks, one with a strided 1x1 shortcut, batch norm) on
-    3x32x32 images: tests/test_dpu_models.py's network at CIFAR size."""
-    import torch
-    from torch import nn
+    """tests/test_dpu_models.py's small ResNet (tests/zoo.py) at twice the width, on 3x32x32 images."""
+    from zoo import small_resnet
 
-    class Block(nn.Module):
-        def __init__(self, channels, stride):
-            super().__init__()
-            out = channels * stride
-            self.conv1 = nn.Conv2d(channels, out, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(out)
-            self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(out)
-            self.shortcut = nn.Sequential()
-            if stride != 1:
-                self.shortcut = nn.Sequential(nn.Conv2d(channels, out, 1, stride, bias=False),
-                                              nn.BatchNorm2d(out))
-
-        def forward(self, x):
-            h = torch.relu(self.bn1(self.conv1(x)))
-            return torch.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                          Block(16, 1), Block(16, 2), Block(32, 1),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-    with torch.no_grad():  # non-trivial batch-norm statistics for fold_bn to fold
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-    return model.eval(), (3, 32, 32)
+    return small_resnet(width=16), (3, 32, 32)
 
 
 MODELS = {"lenet5": lenet5, "resnet": resnet}

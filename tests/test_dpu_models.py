@@ -10,6 +10,7 @@ import pytest
 import circ
 from backends.dpu.lower import reference_graph
 from backends.dpu.sim import run
+from zoo import small_resnet
 
 torch = pytest.importorskip("torch")
 SEED = 0
@@ -77,43 +78,8 @@ def test_lenet5_mnist_accuracy_within_half_a_point(mnist, tmp_path):
                                                         + 400 * 120 + 120 * 84 + 84 * 10)
 
 
-class _Block(torch.nn.Module):
-    def __init__(self, channels, stride):
-        super().__init__()
-        nn = torch.nn
-        out = channels * stride
-        self.conv1 = nn.Conv2d(channels, out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out)
-        self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out)
-        self.shortcut = nn.Sequential()
-        if stride != 1:
-            self.shortcut = nn.Sequential(nn.Conv2d(channels, out, 1, stride, bias=False),
-                                          nn.BatchNorm2d(out))
-
-    def forward(self, x):
-        h = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
-
-
-def resnet(seed=0):
-    torch.manual_seed(seed)
-    nn = torch.nn
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                          _Block(8, 1), _Block(8, 2), _Block(16, 1),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-    # non-trivial batch-norm statistics so fold_bn has something to fold
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-    return model.eval()
-
-
 def test_resnet_with_residual_adds_matches_fake_quant_reference(tmp_path):
-    graph = export(resnet(), torch.zeros(1, 3, 16, 16), tmp_path / "resnet.onnx")
+    graph = export(small_resnet(), torch.zeros(1, 3, 16, 16), tmp_path / "resnet.onnx")
     assert not any(node.op == "BatchNormalization" for node in graph.nodes)
     rng = np.random.default_rng(1)
     calibration = {"x": rng.standard_normal((32, 3, 16, 16)).astype(np.float32)}

@@ -166,6 +166,44 @@ def _resnet8():
     return ResNet8()
 
 
+def small_resnet(width: int = 8, seed: int = 0):
+    """A small ResNet for integer backends: a stem, three BasicBlocks (the middle one strided,
+    with a 1x1 convolution shortcut), global average pooling and a linear classifier; batch
+    norm with non-trivial statistics for fold_bn to fold. Eight convolutions, three Adds."""
+    import torch
+
+    nn = _nn()
+
+    class Block(nn.Module):
+        def __init__(self, channels, stride):
+            super().__init__()
+            out = channels * stride
+            self.conv1 = nn.Conv2d(channels, out, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(out)
+            self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(out)
+            self.shortcut = nn.Sequential()
+            if stride != 1:
+                self.shortcut = nn.Sequential(nn.Conv2d(channels, out, 1, stride, bias=False),
+                                              nn.BatchNorm2d(out))
+
+        def forward(self, x):
+            h = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                          Block(width, 1), Block(width, 2), Block(2 * width, 1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
 def build_resnet8(directory: Path) -> Path:
     import torch
 
