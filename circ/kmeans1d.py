@@ -184,13 +184,6 @@ class SortedData:
         return self.values[np.minimum(index, self.size - 1)]
 
 
-def _prefix(array: np.ndarray) -> np.ndarray:
-    out = np.empty(len(array) + 1)
-    out[0] = 0.0
-    np.cumsum(array, out=out[1:])
-    return out
-
-
 def _run_lengths(sorted_values: np.ndarray) -> Optional[np.ndarray]:
     """Lengths of the runs of equal values, or None when every value is distinct."""
     if len(sorted_values) < 2:
